@@ -1,0 +1,52 @@
+# Every target sets itself up: a fresh machine needs only python3, pip and node.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= outputs
+
+.PHONY: demo test lint pytest chapters notebooks book-check book lab train clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[book,test]'
+	# Jupyter refuses to start as root (CI runs as root); the book's executor needs it.
+	mkdir -p $(VENV)/etc/jupyter
+	echo '{"ServerApp": {"allow_root": true}}' > $(VENV)/etc/jupyter/jupyter_server_config.json
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m cogvx_mini.demo --out $(OUT)/demo
+
+test: $(STAMP) lint pytest chapters book-check
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q tests
+
+# nbval re-executes every chapter; only cells marked NBVAL_CHECK_OUTPUT are compared.
+chapters: $(STAMP)
+	$(BIN)/python tools/notebooks.py check
+	$(BIN)/pytest -q --nbval-lax --nbval-sanitize-with tools/nbval_sanitize.cfg -p no:cacheprovider chapters/*.ipynb
+
+# Re-run the chapters and store the outputs that nbval compares (after editing a chapter).
+notebooks: $(STAMP)
+	$(BIN)/python tools/notebooks.py sync
+
+# Offline part of the book: every page parsed and executed, every reference resolved.
+book-check: $(STAMP)
+	$(BIN)/python tools/check_book.py
+
+# The HTML site; needs the theme (internet once, or BOOK_THEME_DIR=/path/to/book-theme).
+book: $(STAMP)
+	$(BIN)/python tools/check_book.py --html
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab chapters
+
+clean:
+	rm -rf _build $(OUT) .pytest_cache

@@ -1,0 +1,54 @@
+"""Writing videos to GIF/MP4 and drawing them as film strips.
+
+Videos here are tensors ``[C, T, H, W]`` or ``[B, C, T, H, W]`` (B = 1) with values in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """``[C, T, H, W]`` (or ``[1, C, T, H, W]``) in [-1, 1] -> ``uint8`` array ``[T, H, W, C]``."""
+    if video.ndim == 5:
+        if video.shape[0] != 1:
+            raise ValueError(f"expected one video [1, C, T, H, W], got batch {video.shape[0]}")
+        video = video[0]
+    if video.ndim != 4 or video.shape[0] not in (1, 3):
+        raise ValueError(f"expected a video [C, T, H, W] with C in (1, 3), got {tuple(video.shape)}")
+    frames = rearrange(video.detach().float().cpu(), "c t h w -> t h w c")
+    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def save_video(video: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
+    """Write ``video`` (``[C, T, H, W]`` in [-1, 1]) as GIF or MP4, chosen by the file suffix.
+
+    The file is written next to its target and renamed into place, so an interrupted write never
+    leaves a truncated video behind.
+    """
+    import imageio.v3 as iio
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"expected a .gif or .mp4 path, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = to_uint8_frames(video)
+    tmp = path.with_name(f".{path.stem}.tmp{suffix}")
+    if suffix == ".gif":
+        iio.imwrite(tmp, frames, extension=".gif", duration=1000 / fps, loop=0)
+    else:
+        iio.imwrite(tmp, frames, extension=".mp4", fps=fps, codec="libx264", macro_block_size=1)
+    tmp.replace(path)
+    return path
+
+
+def film_strip(video: torch.Tensor, max_frames: int = 9) -> np.ndarray:
+    """Up to ``max_frames`` evenly spaced frames side by side: ``uint8`` ``[H, n * W, C]``."""
+    frames = to_uint8_frames(video)
+    idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
+    return rearrange(frames[idx], "n h w c -> h (n w) c")
