@@ -81,8 +81,10 @@ def sample_scene(seed: int, max_objects: int = 3) -> ToyScene:
     return ToyScene(tuple(objects))
 
 
-def _coverage(obj: ToyObject, cy: float, cx: float, yy: torch.Tensor, xx: torch.Tensor, px: float):
-    """Soft (anti-aliased) coverage in [0, 1] of ``obj`` centred at (cy, cx); ``px`` = pixel size."""
+def _coverage(
+    obj: ToyObject, cy: float, cx: float, yy: torch.Tensor, xx: torch.Tensor, px: float
+) -> torch.Tensor:
+    """Soft (anti-aliased) coverage in [0, 1] of ``obj`` centred at (cy, cx); px = pixel size."""
     r = SIZES[obj.size]
     dy, dx = yy - cy, xx - cx
     if obj.shape == "circle":
@@ -101,7 +103,9 @@ def render(scene: ToyScene, frames: int, height: int, width: int) -> torch.Tenso
     and motion is a fraction of the clip, so it looks the same at any frame count.
     """
     if frames < 1 or height < 1 or width < 1:
-        raise ValueError(f"expected positive frames, height, width, got {frames}, {height}, {width}")
+        raise ValueError(
+            f"expected positive frames, height, width, got {frames}, {height}, {width}"
+        )
     side = min(height, width)
     # Pixel centres in units of the shorter side, with the frame centred on (0.5, 0.5).
     yy = ((torch.arange(height) + 0.5) - height / 2) / side + 0.5

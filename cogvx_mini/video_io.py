@@ -19,7 +19,9 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
             raise ValueError(f"expected one video [1, C, T, H, W], got batch {video.shape[0]}")
         video = video[0]
     if video.ndim != 4 or video.shape[0] not in (1, 3):
-        raise ValueError(f"expected a video [C, T, H, W] with C in (1, 3), got {tuple(video.shape)}")
+        raise ValueError(
+            f"expected a video [C, T, H, W] with C in (1, 3), got {tuple(video.shape)}"
+        )
     frames = rearrange(video.detach().float().cpu(), "c t h w -> t h w c")
     return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
 
