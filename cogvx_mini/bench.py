@@ -1,0 +1,23 @@
+"""Benchmarks that print numbers (never timed tests).
+
+python -m cogvx_mini.bench vae [options]          # see cogvx_mini/bench_vae.py
+python -m cogvx_mini.bench transformer [options]  # see cogvx_mini/bench_transformer.py
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {"vae": "cogvx_mini.bench_vae", "transformer": "cogvx_mini.bench_transformer"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in BENCHMARKS:
+        sys.exit(f"{__doc__}\nexpected one of {sorted(BENCHMARKS)}, got {argv[:1]}")
+    importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
