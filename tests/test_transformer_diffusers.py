@@ -132,3 +132,35 @@ def test_key_mismatch_lists_the_keys():
         TransformerConfig.from_diffusers_config(
             {"use_rotary_positional_embeddings": True, "use_learned_positional_embeddings": True}
         )
+
+
+@pytest.mark.parametrize(
+    "make", [TransformerConfig.mini, TransformerConfig.cogvideox_2b, TransformerConfig.cogvideox_5b]
+)
+def test_config_round_trips_through_diffusers(make):
+    config = make()
+    assert TransformerConfig.from_diffusers_config(config.to_diffusers_config()) == config
+
+
+def test_benchmark_smoke_on_cpu(tmp_path):
+    from cogvx_mini.bench_transformer import main
+
+    rows = main(
+        [
+            "--device",
+            "cpu",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--checkpointing",
+            "selective",
+            "--json",
+            str(tmp_path / "rows.json"),
+        ]
+    )
+    check = next(r for r in rows if r["impl"] == "check")
+    assert check["relative_error"] < 1e-5
+    timed = [r for r in rows if "train_s" in r]
+    assert {r["impl"] for r in timed} == {"diffusers auto", "cogvx_mini auto ckpt=selective"}
+    assert (tmp_path / "rows.json").exists()
