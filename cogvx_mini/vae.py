@@ -304,10 +304,9 @@ class Downsample3D(nn.Module):
         out = []
         for s, e in time_slices(x.shape[2], ctx.time_slice):
             frames = rearrange(x[:, :, s:e], "b c t h w -> (b t) c h w")
-            out.append(self.conv(F.pad(frames, (0, 1, 0, 1))))
-        return rearrange(
-            torch.cat(out, 0) if len(out) > 1 else out[0], "(b t) c h w -> b c t h w", b=b
-        )
+            y = self.conv(F.pad(frames, (0, 1, 0, 1)))
+            out.append(rearrange(y, "(b t) c h w -> b c t h w", b=b))
+        return torch.cat(out, 2) if len(out) > 1 else out[0]
 
 
 class Upsample3D(nn.Module):

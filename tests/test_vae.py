@@ -98,8 +98,8 @@ def test_tiled_encode_and_decode_equal_diffusers_tiling(pair):
 @pytest.mark.parametrize("time_slice", [1, 3])
 def test_streaming_slices_equal_whole_chunk(pair, time_slice):
     _, mine = pair
-    x = torch.randn(1, 3, 17, 16, 16, generator=torch.Generator().manual_seed(4))
-    z = torch.randn(1, 16, 5, 2, 2, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(2, 3, 17, 16, 16, generator=torch.Generator().manual_seed(4))
+    z = torch.randn(2, 16, 5, 2, 2, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         enc, dec = mine.encode(x).mean, mine.decode(z)
         mine.time_slice = time_slice
