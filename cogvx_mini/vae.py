@@ -58,6 +58,7 @@ class VAEConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-6
     temporal_compression: int = 4
+    time_kernel: int = 3
     scaling_factor: float = 1.15258426
     encode_chunk_frames: int = 8
     decode_chunk_latents: int = 2
@@ -237,7 +238,13 @@ class ResnetBlock3D(nn.Module):
     """
 
     def __init__(
-        self, cin: int, cout: int, groups: int, eps: float, zq_channels: int | None = None
+        self,
+        cin: int,
+        cout: int,
+        groups: int,
+        eps: float,
+        zq_channels: int | None = None,
+        time_kernel: int = 3,
     ) -> None:
         super().__init__()
         if zq_channels is None:
@@ -246,8 +253,8 @@ class ResnetBlock3D(nn.Module):
         else:
             self.norm1 = SpatialNorm3D(cin, zq_channels, groups, eps)
             self.norm2 = SpatialNorm3D(cout, zq_channels, groups, eps)
-        self.conv1 = CausalConv3d(cin, cout, 3)
-        self.conv2 = CausalConv3d(cout, cout, 3)
+        self.conv1 = CausalConv3d(cin, cout, (time_kernel, 3, 3))
+        self.conv2 = CausalConv3d(cout, cout, (time_kernel, 3, 3))
         self.shortcut = nn.Conv3d(cin, cout, 1) if cin != cout else None
 
     @staticmethod
@@ -341,10 +348,11 @@ class Upsample3D(nn.Module):
 
 
 class DownBlock3D(nn.Module):
-    def __init__(self, cin, cout, layers, groups, eps, downsample, compress_time) -> None:
+    def __init__(self, cin, cout, layers, groups, eps, downsample, compress_time, kt=3) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
-            ResnetBlock3D(cin if i == 0 else cout, cout, groups, eps) for i in range(layers)
+            ResnetBlock3D(cin if i == 0 else cout, cout, groups, eps, None, kt)
+            for i in range(layers)
         )
         self.downsample = Downsample3D(cout, compress_time) if downsample else None
 
@@ -355,10 +363,10 @@ class DownBlock3D(nn.Module):
 
 
 class UpBlock3D(nn.Module):
-    def __init__(self, cin, cout, layers, groups, eps, zq, upsample, compress_time) -> None:
+    def __init__(self, cin, cout, layers, groups, eps, zq, upsample, compress_time, kt=3) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
-            ResnetBlock3D(cin if i == 0 else cout, cout, groups, eps, zq) for i in range(layers)
+            ResnetBlock3D(cin if i == 0 else cout, cout, groups, eps, zq, kt) for i in range(layers)
         )
         self.upsample = Upsample3D(cout, compress_time) if upsample else None
 
@@ -374,7 +382,8 @@ class Encoder3D(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         ch, g, eps = cfg.block_out_channels, cfg.norm_groups, cfg.norm_eps
-        self.conv_in = CausalConv3d(cfg.in_channels, ch[0], 3)
+        kt = cfg.time_kernel
+        self.conv_in = CausalConv3d(cfg.in_channels, ch[0], (kt, 3, 3))
         self.down = nn.ModuleList(
             DownBlock3D(
                 ch[max(i - 1, 0)],
@@ -384,12 +393,13 @@ class Encoder3D(nn.Module):
                 eps,
                 downsample=i < len(ch) - 1,
                 compress_time=i < cfg.time_levels,
+                kt=kt,
             )
             for i in range(len(ch))
         )
-        self.mid = nn.ModuleList(ResnetBlock3D(ch[-1], ch[-1], g, eps) for _ in range(2))
+        self.mid = nn.ModuleList(ResnetBlock3D(ch[-1], ch[-1], g, eps, None, kt) for _ in range(2))
         self.norm_out = GroupNorm3D(g, ch[-1], eps=1e-6)
-        self.conv_out = CausalConv3d(ch[-1], 2 * cfg.latent_channels, 3)
+        self.conv_out = CausalConv3d(ch[-1], 2 * cfg.latent_channels, (kt, 3, 3))
 
     def forward(self, x: torch.Tensor, ctx: ChunkContext) -> torch.Tensor:
         x = self.conv_in(x, ctx.cache)
@@ -406,9 +416,9 @@ class Decoder3D(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         ch = tuple(reversed(cfg.block_out_channels))
-        g, eps, zq = cfg.norm_groups, cfg.norm_eps, cfg.latent_channels
-        self.conv_in = CausalConv3d(zq, ch[0], 3)
-        self.mid = nn.ModuleList(ResnetBlock3D(ch[0], ch[0], g, eps, zq) for _ in range(2))
+        g, eps, zq, kt = cfg.norm_groups, cfg.norm_eps, cfg.latent_channels, cfg.time_kernel
+        self.conv_in = CausalConv3d(zq, ch[0], (kt, 3, 3))
+        self.mid = nn.ModuleList(ResnetBlock3D(ch[0], ch[0], g, eps, zq, kt) for _ in range(2))
         self.up = nn.ModuleList(
             UpBlock3D(
                 ch[max(i - 1, 0)],
@@ -419,11 +429,12 @@ class Decoder3D(nn.Module):
                 zq,
                 upsample=i < len(ch) - 1,
                 compress_time=i < cfg.time_levels,
+                kt=kt,
             )
             for i in range(len(ch))
         )
         self.norm_out = SpatialNorm3D(ch[-1], zq, g, 1e-6)
-        self.conv_out = CausalConv3d(ch[-1], cfg.in_channels, 3)
+        self.conv_out = CausalConv3d(ch[-1], cfg.in_channels, (kt, 3, 3))
 
     def forward(self, z: torch.Tensor, ctx: ChunkContext) -> torch.Tensor:
         x = self.conv_in(z, ctx.cache)
