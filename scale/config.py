@@ -47,8 +47,8 @@ class ParallelSection:
     """How the model is spread over the GPUs.
 
     ``cp``: context-parallel degree (video tokens split over ``cp`` ranks; data parallel over
-    ``world / cp``). ``activation_checkpointing``: ``none``, ``full`` (every block) or
-    ``every_other`` (half the blocks: less recomputation, more memory).
+    ``world / cp``). ``activation_checkpointing``: ``none``, ``full`` (recompute the whole
+    block) or ``selective`` (keep the attention output), on every ``checkpoint_every``-th block.
     ``mixed_precision``: ``bf16`` (bf16 compute, fp32 master weights and gradient reduction) or
     ``fp32``; CPU runs always use fp32. ``cpu_offload``: parameters, gradients and optimiser
     state on the CPU (FSDP2's CPUOffloadPolicy; the optimiser step runs on the CPU).
@@ -56,6 +56,7 @@ class ParallelSection:
 
     cp: int = 1
     activation_checkpointing: str = "full"
+    checkpoint_every: int = 1
     compile: bool = False
     mixed_precision: str = "bf16"
     cpu_offload: bool = False
@@ -215,7 +216,7 @@ def validate(config: ScaleConfig) -> None:
         "model.preset": (config.model.preset, PRESETS),
         "parallel.activation_checkpointing": (
             p.activation_checkpointing,
-            ("none", "full", "every_other"),
+            ("none", "full", "selective"),
         ),
         "parallel.mixed_precision": (p.mixed_precision, ("bf16", "fp32")),
         "optim.decay": (o.decay, ("cosine", "linear", "constant")),
@@ -225,6 +226,7 @@ def validate(config: ScaleConfig) -> None:
             raise ValueError(f"{key}: expected one of {allowed}, got {value!r}")
     positive = {
         "parallel.cp": p.cp,
+        "parallel.checkpoint_every": p.checkpoint_every,
         "train.steps": t.steps,
         "train.global_batch": t.global_batch,
         "train.micro_batch": t.micro_batch,

@@ -6,8 +6,9 @@
   state over *all* ranks: each block is one unit (all-gathered just before it runs, freed after),
   the rest (embeddings, final norm, projection) is the root unit. Mixed precision computes in
   bf16 and keeps fp32 master weights; gradients are reduce-scattered in fp32.
-- **Activation checkpointing** per block (``torch.utils.checkpoint``, non-reentrant): a block
-  keeps only its input and recomputes the rest in the backward pass.
+- **Activation checkpointing** per block, the model's own (``full``: a block keeps only its
+  input and recomputes the rest in the backward pass; ``selective``: it also keeps the attention
+  output, the most expensive thing to recompute).
 - **Ulysses context parallelism** (DeepSpeed-Ulysses): each CP rank holds ``N / cp`` video tokens
   (and their RoPE rows) through the whole block stack; only attention needs all tokens. Before
   attention one all-to-all turns "my tokens, all heads" into "all tokens, my heads", attention runs
@@ -31,13 +32,13 @@ all ``dp * cp`` ranks then gives the data-parallel mean of the true gradient.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # Collectives with their adjoints as backward
@@ -150,85 +151,58 @@ class UlyssesAttention:
 # The context-parallel, checkpointed forward of a CogVideoXTransformer
 
 
-def _shard_rows(x: torch.Tensor, n: int, rank: int, cp: int) -> torch.Tensor:
-    """This rank's contiguous ``n / cp`` rows of ``x`` along its (first) dimension of size ``n``."""
-    dim = next((i for i in range(x.ndim) if x.shape[i] == n), None)
-    if dim is None:
-        raise ValueError(f"expected a tensor with a dimension of {n} rows, got {tuple(x.shape)}")
-    return x.narrow(dim, rank * (n // cp), n // cp)
-
-
 class ParallelTransformer(nn.Module):
-    """A ``CogVideoXTransformer`` run by blocks, with context parallelism and checkpointing.
+    """A ``CogVideoXTransformer`` run block by block, with Ulysses context parallelism.
 
     ``forward(latents [B,C,T,H,W], text [B,L,D_text], timesteps [B]) -> [B,C,T,H,W]`` equals
-    ``model(latents, text, timesteps)``; with a CP group of size ``cp`` each rank runs the blocks
-    on ``N / cp`` video tokens and returns the whole (gathered) output. Being the module that
+    ``model(latents, text, timesteps)``. With a CP group of size ``cp``, each rank embeds the whole
+    input, keeps its contiguous ``N / cp`` video tokens and RoPE rows, runs every block on them
+    (attention's core swapped for :class:`UlyssesAttention`), and all-gathers the video tokens for
+    the output layers, so every CP rank returns the whole output. Activation checkpointing is the
+    model's own (``model.set_checkpointing``: ``full`` or ``selective``). Being the module that
     ``fully_shard`` wraps last, its forward is where FSDP unshards the embedding and output layers.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        cp_group: dist.ProcessGroup | None = None,
-        activation_checkpointing: str = "none",
-    ):
+    def __init__(self, model: nn.Module, cp_group: dist.ProcessGroup | None = None):
         super().__init__()
         self.model = model
         self.cp_group = cp_group
         self.cp = dist.get_world_size(cp_group) if cp_group is not None else 1
         self.cp_rank = dist.get_rank(cp_group) if cp_group is not None else 0
-        if activation_checkpointing not in ("none", "full", "every_other"):
-            raise ValueError(
-                "activation_checkpointing: expected none, full or every_other, "
-                f"got {activation_checkpointing!r}"
-            )
-        self.activation_checkpointing = activation_checkpointing
         self.cores: list[UlyssesAttention] = []
         if self.cp > 1:
+            if getattr(model.config, "attention", "full") != "full":
+                raise ValueError(
+                    f"context parallelism needs full 3D attention, got {model.config.attention!r}"
+                )
             for block in model.blocks:
                 core = UlyssesAttention(cp_group, inner=block.attn.core)
                 block.attn.core = core
                 self.cores.append(core)
 
-    def _checkpointed(self, index: int) -> bool:
-        mode = self.activation_checkpointing
-        return mode == "full" or (mode == "every_other" and index % 2 == 0)
-
     def forward(
         self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor
     ) -> torch.Tensor:
         model = self.model
+        grid = model.grid(latents.shape)
         video, text_tokens, temb, rope = model.embed(latents, text, timesteps)
-        n = video.shape[1]
         if self.cp > 1:
-            if n % self.cp:
+            n, cp = video.shape[1], self.cp
+            if n % cp:
                 raise ValueError(
-                    f"sequence of {n} video tokens is not divisible by the CP degree {self.cp}"
+                    f"sequence of {n} video tokens is not divisible by the CP degree {cp}"
                 )
-            video = video.narrow(1, self.cp_rank * (n // self.cp), n // self.cp)
-            if rope is not None:
-                rope = tuple(_shard_rows(r, n, self.cp_rank, self.cp) for r in rope)
+            rows = slice(self.cp_rank * (n // cp), (self.cp_rank + 1) * (n // cp))
+            video = video[:, rows]
+            if rope is not None:  # (cos, sin), each [N, head_dim]: one row per video token
+                rope = (rope[0][rows], rope[1][rows])
             for core in self.cores:
                 core.text_length = text_tokens.shape[1]
-        for i, block in enumerate(model.blocks):
-            if self._checkpointed(i) and torch.is_grad_enabled():
-                video, text_tokens = checkpoint(
-                    block, video, text_tokens, temb, rope, use_reentrant=False
-                )
-            else:
-                video, text_tokens = block(video, text_tokens, temb, rope)
+        for block in model.blocks:
+            video, text_tokens = block(video, text_tokens, temb, rope)
         if self.cp > 1:
             video = all_gather(video, dim=1, group=self.cp_group)
-        return model.unembed(video, text_tokens, temb, latent_grid(model, latents))
-
-
-def latent_grid(model: nn.Module, latents: torch.Tensor) -> tuple[int, int, int]:
-    """The ``(T', H', W')`` grid that ``model.unembed`` expects for ``latents [B,C,T,H,W]``."""
-    grid_of = getattr(model, "grid", None)
-    if callable(grid_of):
-        return grid_of(latents)
-    return tuple(latents.shape[2:])
+        return model.unembed(video, text_tokens, temb, grid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +278,7 @@ def apply_fsdp(
     cpu_offload: bool = False,
     compile_blocks: bool = False,
 ) -> ParallelTransformer:
-    """Shard ``wrapper`` with FSDP2: one unit per block, the rest in the root unit.
+    """Shard ``wrapper`` with FSDP2 over ``mesh``: one unit per block, the rest in the root unit.
 
     ``mixed_precision="bf16"``: bf16 parameters in compute, fp32 gradient reduction, fp32 master
     weights (the sharded parameters stay fp32). On CPU (gloo) use ``"fp32"``. ``cpu_offload``
@@ -312,6 +286,9 @@ def apply_fsdp(
     block in place (``nn.Module.compile``: state-dict names are unchanged).
     """
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    # Blocks return (video, text) as slices of one tensor; nothing modifies them in place.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
 
     if mixed_precision == "bf16":
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)

@@ -245,12 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     tcfg = config.transformer_config()
-    from scale.model import text_dim
-
     vae_preset = args.vae_config or ("mini" if config.model.preset == "mini" else "cogvideox")
     encode_video = build_video_encoder(args.vae_weights, vae_preset, device)
     text_kind = args.t5 or "toy"
-    encode_text = build_text_encoder(text_kind, config.data.text_length, text_dim(tcfg), device)
+    encode_text = build_text_encoder(text_kind, config.data.text_length, tcfg.text_dim, device)
     items = read_captions(args.videos)
     counts = precompute(
         items,

@@ -52,15 +52,6 @@ def lr_at(step: int, config: ScaleConfig) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * shape)
 
 
-def forward_flops(model_config, tokens: int) -> float:
-    """FLOPs of one forward pass over ``tokens`` (text + video): the dense matmuls
-    (QKV, output, 4x feed-forward: 24 D^2 per token) and attention (4 N^2 D) per layer."""
-    from scale.model import hidden_dim, num_layers
-
-    d, layers = hidden_dim(model_config), num_layers(model_config)
-    return layers * (24 * d * d * tokens + 4 * tokens * tokens * d)
-
-
 # ---------------------------------------------------------------------------------------------
 # EMA of the (sharded) parameters
 
@@ -201,22 +192,21 @@ def build(config: ScaleConfig, d: Dist):
 
         load_transformer_weights(model, config.train.init_from)
     p = config.parallel
-    wrapper = ParallelTransformer(model, d.cp_group, p.activation_checkpointing)
+    model.set_checkpointing(p.activation_checkpointing, p.checkpoint_every)
+    wrapper = ParallelTransformer(model, d.cp_group)
     precision = p.mixed_precision if d.device.type == "cuda" else "fp32"
     apply_fsdp(wrapper, d.mesh, precision, p.cpu_offload, p.compile)
     return wrapper, tcfg
 
 
 def load_dataset(data: str, config: ScaleConfig, tcfg):
-    from scale.model import in_channels, text_dim
-
     if data == "toy":
         return ToyLatents(
             config.data.buckets,
             config.data.toy_samples,
-            in_channels(tcfg),
+            tcfg.in_channels,
             config.data.text_length,
-            text_dim(tcfg),
+            tcfg.text_dim,
         )
     return LatentCache(data)
 
@@ -229,6 +219,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None)
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="stop after this step (an interruption)"
+    )
     return parser.parse_args(argv)
 
 
@@ -245,10 +238,10 @@ def main(argv: list[str] | None = None) -> None:
 def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from scale.model import num_heads, patch_size
+    from cogvx_mini.transformer import forward_flops
 
     wrapper, tcfg = build(config, d)
-    dp = check_world(config, d.world, num_heads(tcfg), patch_size(tcfg))
+    dp = check_world(config, d.world, tcfg.num_heads, tcfg.patch_size)
     t, o = config.train, config.optim
     per_rank = t.global_batch // dp
     accum = per_rank // t.micro_batch
@@ -323,12 +316,13 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - tick
         tokens = t.global_batch * (
-            math.prod(sp.bucket[1:]) // patch_size(tcfg) ** 2 + config.data.text_length
+            math.prod(sp.bucket[1:]) // tcfg.patch_size**2 + config.data.text_length
         )
         window_time += elapsed
         window_samples += t.global_batch
         window_tokens += tokens
-        window_flops += 3 * forward_flops(tcfg, tokens // t.global_batch) * t.global_batch
+        text_len = config.data.text_length
+        window_flops += 3 * forward_flops(tcfg, *sp.bucket[1:], text_len, t.global_batch)["total"]
         record = {"step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.4f}")
@@ -368,8 +362,12 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
         if metrics:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
-        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps:
+        stop = args.stop_after is not None and step + 1 >= args.stop_after
+        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps or stop:
             save_checkpoint(ckpt_dir, step + 1, wrapper, optimizer, ema, config, d)
+        if stop:
+            bar.close()
+            return
     bar.close()
     export_weights(args.out, wrapper, ema, d)
     if d.is_main:
