@@ -17,7 +17,7 @@ def test_shipped_configs_load(name):
 
 
 def test_overrides_are_typed():
-    config = load_config(CONFIGS / "tiny.yaml", ["train.steps=7", "optim.lr=1", "parallel.cp=2"])
+    config = load_config(CONFIGS / "tiny.yaml", ["train.steps=7", "optim.lr=3e-3", "parallel.cp=2"])
     assert config.train.steps == 7 and config.parallel.cp == 2
     assert isinstance(config.optim.lr, float)
     with pytest.raises(TypeError, match=r"train.steps: expected int, got 'many'"):
