@@ -9,9 +9,10 @@ from pathlib import Path
 from torch import nn
 
 
-def load_transformer_weights(model: nn.Module, path: str | Path) -> None:
+def load_transformer_weights(model: nn.Module, path: str | Path, assign: bool = False) -> None:
     """Load a safetensors state dict into ``model``; a dict of another config fails with the
-    first mismatching names and shapes."""
+    first mismatching names and shapes. ``assign``: take the loaded tensors as the parameters
+    (for a model built on the ``meta`` device)."""
     from cogvx_mini.checkpoint import load_weights
 
     state = load_weights(path)
@@ -29,4 +30,4 @@ def load_transformer_weights(model: nn.Module, path: str | Path) -> None:
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
             f"(e.g. {unexpected[:3]}), {len(shapes)} of another shape (e.g. {shapes[:3]})"
         )
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=assign)

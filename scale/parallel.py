@@ -305,3 +305,44 @@ def apply_fsdp(
         fully_shard(block, reshard_after_forward=i < len(blocks) - 1, **kwargs)
     fully_shard(wrapper, reshard_after_forward=False, **kwargs)
     return wrapper
+
+
+@torch.no_grad()
+def materialize(wrapper: ParallelTransformer, device: torch.device, seed: int) -> None:
+    """Allocate a model built on the ``meta`` device (and sharded) on ``device`` and initialise it
+    there: every rank allocates only its shards, so no host ever holds the whole 5B model.
+
+    On an accelerator: LayerNorms and linears get their defaults, then the model's own
+    ``reset_parameters`` (AdaLN-zero), through DTensor's sharded random generator (values depend
+    on the sharding, unlike a CPU initialisation). With ``device="cpu"`` (FSDP's CPU offload, or
+    a CPU run) each local shard is drawn from N(0, 0.02) (LayerNorm weights 1, biases 0), which
+    is fine for benchmarks; fine-tune from weights (``train.init_from``) rather than train 5B from
+    scratch with offload.
+    """
+    wrapper.to_empty(device=device)
+    torch.manual_seed(seed)
+    model = wrapper.model
+    if device.type != "cpu":
+        for module in model.modules():
+            if module is not model and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        model.reset_parameters()
+        return
+    generator = torch.Generator().manual_seed(seed + dist.get_rank())
+    for name, param in model.named_parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        if name.endswith("bias"):
+            local.zero_()
+        elif param.ndim == 1:
+            local.fill_(1.0)
+        else:
+            local.normal_(0.0, 0.02, generator=generator)
+
+
+def load_full_state_dict(wrapper: ParallelTransformer, state: dict[str, torch.Tensor]) -> None:
+    """Load a full cogvx_mini transformer state dict held by rank 0 (others pass ``{}``) into the
+    sharded model: rank 0 broadcasts, each rank keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(wrapper, {f"model.{k}": v for k, v in state.items()}, options=options)

@@ -35,7 +35,14 @@ if str(ROOT) not in sys.path:  # run as a script by torchrun: make `scale` impor
 from scale.config import ScaleConfig, check_world, load_config  # noqa: E402
 from scale.data import BatchPlan, LatentCache, ToyLatents, noise_like  # noqa: E402
 from scale.objective import Objective  # noqa: E402
-from scale.parallel import Dist, ParallelTransformer, apply_fsdp, init_distributed  # noqa: E402
+from scale.parallel import (  # noqa: E402
+    Dist,
+    ParallelTransformer,
+    apply_fsdp,
+    init_distributed,
+    load_full_state_dict,
+    materialize,
+)
 
 T_BUCKETS = 10  # loss is reported per tenth of the timestep range
 
@@ -180,22 +187,42 @@ def export_weights(out: Path, wrapper, ema: EMA, d: Dist) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def build(config: ScaleConfig, d: Dist):
-    """The transformer (initialised, or loaded from ``train.init_from``), wrapped and sharded."""
+def build(config: ScaleConfig, d: Dist, on_meta: bool | None = None):
+    """The transformer, wrapped for context parallelism and sharded with FSDP2.
+
+    On the CPU every rank builds the whole model from the same seed (so runs on any number of
+    processes start from identical weights). On CUDA it is built on the ``meta`` device, sharded,
+    then allocated and initialised shard by shard on the GPU. ``train.init_from`` loads a
+    cogvx_mini state dict (read by rank 0 only on CUDA, then broadcast). ``on_meta`` forces
+    one path or the other (the benchmark uses the meta path on the CPU too).
+    """
     from cogvx_mini.transformer import CogVideoXTransformer
+    from scale.model import load_transformer_weights
 
     tcfg = config.transformer_config()
-    torch.manual_seed(config.train.seed)  # the same initial weights on every rank
-    model = CogVideoXTransformer(tcfg)
-    if config.train.init_from:
-        from scale.model import load_transformer_weights
-
-        load_transformer_weights(model, config.train.init_from)
     p = config.parallel
+    on_meta = d.device.type == "cuda" if on_meta is None else on_meta
+    torch.manual_seed(config.train.seed)
+    with torch.device("meta" if on_meta else "cpu"):
+        model = CogVideoXTransformer(tcfg)
+    if config.train.init_from and not on_meta:
+        load_transformer_weights(model, config.train.init_from)
     model.set_checkpointing(p.activation_checkpointing, p.checkpoint_every)
     wrapper = ParallelTransformer(model, d.cp_group)
-    precision = p.mixed_precision if d.device.type == "cuda" else "fp32"
-    apply_fsdp(wrapper, d.mesh, precision, p.cpu_offload, p.compile)
+    cuda = d.device.type == "cuda"
+    precision = p.mixed_precision if cuda else "fp32"
+    offload = p.cpu_offload and cuda  # CPU runs hold everything on the CPU anyway
+    apply_fsdp(wrapper, d.mesh, precision, offload, p.compile)
+    if on_meta:
+        materialize(wrapper, torch.device("cpu") if offload else d.device, config.train.seed)
+        if config.train.init_from:
+            state = {}
+            if d.is_main:
+                with torch.device("meta"):
+                    reference = CogVideoXTransformer(tcfg)
+                load_transformer_weights(reference, config.train.init_from, assign=True)
+                state = reference.state_dict()
+            load_full_state_dict(wrapper, state)
     return wrapper, tcfg
 
 
