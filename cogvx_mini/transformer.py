@@ -176,6 +176,44 @@ class TransformerConfig:
             **overrides,
         )
 
+    def to_diffusers_config(self) -> dict[str, Any]:
+        """Keyword arguments of a diffusers ``CogVideoXTransformer3DModel`` with this shape.
+
+        Only the released architecture has one (expert AdaLN, full attention, sincos or RoPE).
+        """
+        if self.adaln != "expert" or self.attention != "full" or self.positions == "none":
+            raise ValueError("diffusers has only adaln='expert', attention='full' with positions")
+        if not self.qk_norm or self.ff_mult != 4:
+            raise ValueError("diffusers' CogVideoX blocks always use QK-norm and a 4x feed-forward")
+        rope = self.positions == "rope"
+        if rope and self.rope_grid != (
+            "interpolate" if self.temporal_patch_size == 1 else "extrapolate"
+        ):
+            raise ValueError(f"diffusers' pipelines do not use rope_grid={self.rope_grid!r} here")
+        p = self.patch_size
+        return dict(
+            num_attention_heads=self.num_heads,
+            attention_head_dim=self.head_dim,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            flip_sin_to_cos=self.flip_sin_to_cos,
+            freq_shift=self.freq_shift,
+            time_embed_dim=self.time_embed_dim,
+            text_embed_dim=self.text_dim,
+            num_layers=self.num_layers,
+            attention_bias=self.attention_bias,
+            sample_height=self.rope_base_grid[0] * p,
+            sample_width=self.rope_base_grid[1] * p,
+            patch_size=p,
+            patch_size_t=None if self.temporal_patch_size == 1 else self.temporal_patch_size,
+            max_text_seq_length=self.max_text_len,
+            norm_elementwise_affine=self.norm_affine,
+            norm_eps=self.norm_eps,
+            spatial_interpolation_scale=self.spatial_interpolation_scale,
+            temporal_interpolation_scale=self.temporal_interpolation_scale,
+            use_rotary_positional_embeddings=rope,
+        )
+
 
 _DIFFUSERS_DEFAULTS: dict[str, Any] = {
     "num_attention_heads": 30,
