@@ -299,7 +299,7 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
             f"{'resuming from ' + str(latest) if latest else 'from scratch'}",
             flush=True,
         )
-    metrics = open(args.out / "metrics.jsonl", "a") if d.is_main else None  # noqa: SIM115
+    metrics = open_metrics(args.out / "metrics.jsonl", start) if d.is_main else None
     bucket_sum = torch.zeros(T_BUCKETS, dtype=torch.float64)
     bucket_n = torch.zeros(T_BUCKETS, dtype=torch.float64)
     window_time, window_samples, window_tokens, window_flops = 0.0, 0, 0, 0.0
@@ -400,6 +400,16 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
     if d.is_main:
         print(f"done: weights in {args.out}", flush=True)
         metrics.close()
+
+
+def open_metrics(path: Path, start: int):
+    """``metrics.jsonl`` for appending, holding only the records of steps ``<= start`` (those of
+    the checkpoint resumed from; a crashed run may have logged further)."""
+    kept = []
+    if start and path.is_file():
+        kept = [r for r in path.read_text().splitlines() if json.loads(r)["step"] <= start]
+    path.write_text("".join(r + "\n" for r in kept))
+    return open(path, "a")  # noqa: SIM115
 
 
 def _cpu_rss_gib() -> float:
