@@ -44,8 +44,11 @@ class TransformerConfig:
     Ablation switches: ``positions`` (``rope`` 3D-RoPE as 5B, ``sincos`` absolute as 2B, ``none``),
     ``attention`` (``full`` 3D, or ``2d1d``: layers alternate spatial and temporal attention),
     ``adaln`` (``expert``, ``none`` = one shared modulation, ``mmdit`` = separate weights per
-    modality). Speed knobs: ``checkpointing`` (``none``, ``full`` = recompute the whole block in
-    backward, ``selective`` = recompute all but the attention kernel's output) applied to every
+    modality). ``learned_positions``: an extra stored embedding over ``[text; video]`` for the
+    ``base_latent_frames`` x ``rope_base_grid`` grid only (CogVideoX-5B-I2V).
+
+    Speed knobs: ``checkpointing`` (``none``, ``full`` = recompute the whole block in backward,
+    ``selective`` = recompute all but the attention kernel's output) applied to every
     ``checkpoint_every``-th block, ``compile_blocks`` (``torch.compile`` each block),
     ``attention_backend`` (``auto``, ``flash``, ``cudnn``, ``efficient``, ``math``).
     """
@@ -66,6 +69,8 @@ class TransformerConfig:
     rope_grid: str = "interpolate"
     rope_base_grid: tuple[int, int] = (30, 45)
     rope_theta: float = 10000.0
+    learned_positions: bool = False
+    base_latent_frames: int = 13
     attention: str = "full"
     adaln: str = "expert"
     qk_norm: bool = True
@@ -134,12 +139,11 @@ class TransformerConfig:
     def from_diffusers_config(cls, config: dict[str, Any], **overrides: Any) -> TransformerConfig:
         """The config of a diffusers ``CogVideoXTransformer3DModel`` (``config.json`` as a dict).
 
-        Raises ``ValueError`` for features this implementation does not have (learned positions
-        of the image-to-video models, the ``ofs`` embedding of 1.5-I2V, dropout, other activations).
+        Raises ``ValueError`` for features this implementation does not have (the ``ofs``
+        embedding of 1.5-I2V, dropout, other activations).
         """
         c = {**_DIFFUSERS_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
         unsupported = {
-            "use_learned_positional_embeddings": bool(c["use_learned_positional_embeddings"]),
             "ofs_embed_dim": bool(c["ofs_embed_dim"]),
             "dropout": bool(c["dropout"]),
             "activation_fn": c["activation_fn"] != "gelu-approximate",
@@ -151,6 +155,12 @@ class TransformerConfig:
             raise ValueError(f"diffusers config uses features cogvx_mini lacks: {', '.join(bad)}")
         p, p_t = c["patch_size"], c["patch_size_t"]
         rope = bool(c["use_rotary_positional_embeddings"])
+        learned = bool(c["use_learned_positional_embeddings"])
+        if learned and (not rope or p_t is not None):
+            raise ValueError(
+                "learned positions exist only with RoPE and no temporal patch (5B-I2V)"
+            )
+        base_frames = (c["sample_frames"] - 1) // c["temporal_compression_ratio"] + 1
         return cls(
             num_layers=c["num_layers"],
             num_heads=c["num_attention_heads"],
@@ -168,6 +178,8 @@ class TransformerConfig:
             # 1.0 squeezes any grid into the training grid; 1.5 slices a larger table.
             rope_grid="interpolate" if p_t is None else "extrapolate",
             rope_base_grid=(c["sample_height"] // p, c["sample_width"] // p),
+            learned_positions=learned,
+            base_latent_frames=base_frames,
             attention_bias=c["attention_bias"],
             norm_eps=c["norm_eps"],
             norm_affine=c["norm_elementwise_affine"],
@@ -212,6 +224,8 @@ class TransformerConfig:
             spatial_interpolation_scale=self.spatial_interpolation_scale,
             temporal_interpolation_scale=self.temporal_interpolation_scale,
             use_rotary_positional_embeddings=rope,
+            use_learned_positional_embeddings=self.learned_positions,
+            sample_frames=(self.base_latent_frames - 1) * 4 + 1,
         )
 
 
@@ -412,6 +426,14 @@ class CogVideoXTransformer(nn.Module):
         out_features = c.out_channels * c.temporal_patch_size * c.patch_size**2
         self.proj_out = nn.Linear(c.dim, out_features)
         self._tables: dict[tuple, Any] = {}
+        if c.learned_positions:
+            # A stored (in diffusers: persistent buffer) embedding for the training grid only.
+            base = (c.base_latent_frames, *c.rope_base_grid)
+            table = torch.zeros(1, c.max_text_len + math.prod(base), c.dim)
+            table[0, c.max_text_len :] = sincos_3d(
+                c.dim, base, c.spatial_interpolation_scale, c.temporal_interpolation_scale
+            )
+            self.register_buffer("pos_embedding", table)
         self.reset_parameters()
         self.set_checkpointing(c.checkpointing, c.checkpoint_every)
         if c.compile_blocks:
@@ -510,6 +532,16 @@ class CogVideoXTransformer(nn.Module):
         if c.positions == "sincos":
             video = video + table
         text = self.text_proj(text.to(dtype))
+        if c.learned_positions:
+            base = (c.base_latent_frames, *c.rope_base_grid)
+            if grid != base or text.shape[1] != c.max_text_len:
+                raise ValueError(
+                    f"learned positions exist for a {base} token grid and {c.max_text_len} text "
+                    f"tokens only, got {grid} and {text.shape[1]}"
+                )
+            table = self.pos_embedding.to(dtype)
+            text = text + table[:, : c.max_text_len]
+            video = video + table[:, c.max_text_len :]
         sinusoid = timestep_embedding(timesteps, c.dim, c.flip_sin_to_cos, c.freq_shift)
         temb = self.time_embed(sinusoid.to(dtype))
         return video, text, temb, rope
@@ -600,6 +632,8 @@ def _diffusers_key_map(config: TransformerConfig) -> dict[str, list[str]]:
             names[f"{ours}.bias"] = [f"{theirs}.bias"]
 
     both("patch_embed", "patch_embed.proj")
+    if config.learned_positions:
+        names["pos_embedding"] = ["patch_embed.pos_embedding"]
     both("text_proj", "patch_embed.text_proj")
     both("time_embed.linear_1", "time_embedding.linear_1")
     both("time_embed.linear_2", "time_embedding.linear_2")
