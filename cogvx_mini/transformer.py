@@ -454,7 +454,7 @@ class CogVideoXTransformer(nn.Module):
 
     def set_checkpointing(self, mode: str, every: int = 1) -> None:
         """Checkpointing (``none``, ``full``, ``selective``) on every ``every``-th block."""
-        dataclasses.replace(self.config, checkpointing=mode, checkpoint_every=every)  # validates
+        self.config = self.config.replace(checkpointing=mode, checkpoint_every=every)  # validates
         for i, block in enumerate(self.blocks):
             block.checkpointing = mode if i % every == 0 else "none"
 
