@@ -108,7 +108,9 @@ def _measure(
         row["train_mfu"] = 3 * flops / row["train_s"] / peak
     except Exception as error:  # keep the other numbers when one variant fails (e.g. OOM)
         row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-        _free(device)
+    for p in params:
+        p.grad = None
+    _free(device)  # after the except block, whose traceback holds the failed run's tensors
     print(_format(row), flush=True)
     return row
 
