@@ -63,6 +63,7 @@ class TransformerConfig:
     max_text_len: int = 226
     patch_size: int = 2
     temporal_patch_size: int = 1
+    patch_bias: bool = True
     positions: str = "sincos"
     spatial_interpolation_scale: float = 1.875
     temporal_interpolation_scale: float = 1.0
@@ -148,7 +149,6 @@ class TransformerConfig:
             "dropout": bool(c["dropout"]),
             "activation_fn": c["activation_fn"] != "gelu-approximate",
             "timestep_activation_fn": c["timestep_activation_fn"] != "silu",
-            "patch_bias": not c["patch_bias"],
         }
         bad = [f"{k}={c[k]!r}" for k, is_bad in unsupported.items() if is_bad]
         if bad:
@@ -172,6 +172,8 @@ class TransformerConfig:
             max_text_len=c["max_text_seq_length"],
             patch_size=p,
             temporal_patch_size=p_t or 1,
+            # diffusers' linear patch embedding (temporal patches) always has a bias
+            patch_bias=bool(c["patch_bias"]) or p_t is not None,
             positions="rope" if rope else "sincos",
             spatial_interpolation_scale=c["spatial_interpolation_scale"],
             temporal_interpolation_scale=c["temporal_interpolation_scale"],
@@ -197,6 +199,8 @@ class TransformerConfig:
             raise ValueError("diffusers has only adaln='expert', attention='full' with positions")
         if not self.qk_norm or self.ff_mult != 4:
             raise ValueError("diffusers' CogVideoX blocks always use QK-norm and a 4x feed-forward")
+        if self.temporal_patch_size > 1 and not self.patch_bias:
+            raise ValueError("diffusers' temporal patch embedding always has a bias")
         rope = self.positions == "rope"
         if rope and self.rope_grid != (
             "interpolate" if self.temporal_patch_size == 1 else "extrapolate"
@@ -218,6 +222,7 @@ class TransformerConfig:
             sample_width=self.rope_base_grid[1] * p,
             patch_size=p,
             patch_size_t=None if self.temporal_patch_size == 1 else self.temporal_patch_size,
+            patch_bias=self.patch_bias,
             max_text_seq_length=self.max_text_len,
             norm_elementwise_affine=self.norm_affine,
             norm_eps=self.norm_eps,
@@ -413,7 +418,7 @@ class CogVideoXTransformer(nn.Module):
         super().__init__()
         self.config = c = config
         patch_features = c.in_channels * c.temporal_patch_size * c.patch_size**2
-        self.patch_embed = nn.Linear(patch_features, c.dim)
+        self.patch_embed = nn.Linear(patch_features, c.dim, bias=c.patch_bias)
         self.text_proj = nn.Linear(c.text_dim, c.dim)
         self.time_embed = TimestepMLP(c.dim, c.time_embed_dim)
         block_class = MMDiTBlock if c.adaln == "mmdit" else TransformerBlock
@@ -445,7 +450,8 @@ class CogVideoXTransformer(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         for module in self.modules():
             if isinstance(module, (FinalAdaLN, *ADALN_VARIANTS.values())):
                 nn.init.zeros_(module.linear.weight)
@@ -631,7 +637,7 @@ def _diffusers_key_map(config: TransformerConfig) -> dict[str, list[str]]:
         if bias:
             names[f"{ours}.bias"] = [f"{theirs}.bias"]
 
-    both("patch_embed", "patch_embed.proj")
+    both("patch_embed", "patch_embed.proj", bias=config.patch_bias)
     if config.learned_positions:
         names["pos_embedding"] = ["patch_embed.pos_embedding"]
     both("text_proj", "patch_embed.text_proj")

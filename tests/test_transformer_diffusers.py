@@ -40,7 +40,8 @@ SMALL = dict(
 LIKE = {
     "2b": {},
     "5b": {"use_rotary_positional_embeddings": True},
-    "1.5": {"use_rotary_positional_embeddings": True, "patch_size_t": 2},
+    "1.5": {"use_rotary_positional_embeddings": True, "patch_size_t": 2, "patch_bias": False},
+    "2b without patch bias": {"patch_bias": False},
 }
 
 
