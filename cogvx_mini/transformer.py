@@ -1,0 +1,657 @@
+"""The expert transformer of CogVideoX: latents + text + timestep -> v-prediction.
+
+``CogVideoXTransformer(config)(latents [B, C, T, H, W], text [B, L, D_text], timesteps [B])``
+returns ``[B, C, T, H, W]``. On the way [@yang2024cogvideox]:
+
+1. ``embed``: patchify the latents into ``N = T/q · H/p · W/p`` video tokens and project them to
+   the width ``D`` (plus the 3D sincos embedding for 2B-style models), project the text to ``D``,
+   embed the timestep (sinusoid + MLP) into ``temb``, and build the 3D-RoPE tables (5B-style).
+2. ``blocks``: expert blocks over the ``[text; video]`` sequence — expert AdaLN, full 3D attention
+   with QK-norm, gated residual, expert AdaLN, one feed-forward for both modalities, gated
+   residual. Each block is ``block(video, text, temb, rope) -> (video, text)``.
+3. ``unembed``: LayerNorm, final AdaLN, linear to ``C·q·p·p`` per token, unpatchify.
+
+``TransformerConfig`` builds the mini model, the released 2B and 5B shapes and the ablations
+(positions ``rope``/``sincos``, attention ``full``/``2d1d``, AdaLN ``expert``/``none``/``mmdit``),
+and sets the speed knobs (activation checkpointing, compiled blocks, attention backend).
+Weights in the diffusers layout convert with :func:`transformer_state_dict_from_diffusers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+from cogvx_mini.adaln import ADALN_VARIANTS, FinalAdaLN, MMDiTAdaLN, gated_residual
+from cogvx_mini.attention import Attention, MMDiTAttention, sdpa_core
+from cogvx_mini.patchify import patch_grid, patchify, unpatchify
+from cogvx_mini.rope import positions_extrapolated, positions_interpolated, rope_3d, sincos_3d
+
+Rope = tuple[torch.Tensor, torch.Tensor] | None
+
+
+@dataclass
+class TransformerConfig:
+    """Every hyper-parameter of the transformer. ``dim = num_heads · head_dim``.
+
+    Ablation switches: ``positions`` (``rope`` 3D-RoPE as 5B, ``sincos`` absolute as 2B, ``none``),
+    ``attention`` (``full`` 3D, or ``2d1d``: layers alternate spatial and temporal attention),
+    ``adaln`` (``expert``, ``none`` = one shared modulation, ``mmdit`` = separate weights per
+    modality). Speed knobs: ``checkpointing`` (``none``, ``full`` = recompute the whole block in
+    backward, ``selective`` = recompute all but the attention kernel's output) applied to every
+    ``checkpoint_every``-th block, ``compile_blocks`` (``torch.compile`` each block),
+    ``attention_backend`` (``auto``, ``flash``, ``cudnn``, ``efficient``, ``math``).
+    """
+
+    num_layers: int = 30
+    num_heads: int = 30
+    head_dim: int = 64
+    in_channels: int = 16
+    out_channels: int = 16
+    time_embed_dim: int = 512
+    text_dim: int = 4096
+    max_text_len: int = 226
+    patch_size: int = 2
+    temporal_patch_size: int = 1
+    positions: str = "sincos"
+    spatial_interpolation_scale: float = 1.875
+    temporal_interpolation_scale: float = 1.0
+    rope_grid: str = "interpolate"
+    rope_base_grid: tuple[int, int] = (30, 45)
+    rope_theta: float = 10000.0
+    attention: str = "full"
+    adaln: str = "expert"
+    qk_norm: bool = True
+    attention_bias: bool = True
+    ff_mult: int = 4
+    norm_eps: float = 1e-5
+    norm_affine: bool = True
+    flip_sin_to_cos: bool = True
+    freq_shift: float = 0.0
+    checkpointing: str = "none"
+    checkpoint_every: int = 1
+    compile_blocks: bool = False
+    attention_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "positions": ("rope", "sincos", "none"),
+            "rope_grid": ("interpolate", "extrapolate"),
+            "attention": ("full", "2d1d"),
+            "adaln": tuple(ADALN_VARIANTS),
+            "checkpointing": ("none", "full", "selective"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"expected {name} in {allowed}, got {getattr(self, name)!r}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"expected checkpoint_every >= 1, got {self.checkpoint_every}")
+        self.rope_base_grid = tuple(self.rope_base_grid)
+
+    @property
+    def dim(self) -> int:
+        """Width of the token stream, ``num_heads · head_dim``."""
+        return self.num_heads * self.head_dim
+
+    def replace(self, **changes: Any) -> TransformerConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def mini(cls, **overrides: Any) -> TransformerConfig:
+        """CPU-sized: 4 layers of width 128 (4 heads of 32), 5B-style 3D-RoPE, 64-d text of at most
+        32 tokens; sized for 17 x 64 x 64 videos (5 x 8 x 8 latents -> 80 video tokens)."""
+        base = dict(
+            num_layers=4,
+            num_heads=4,
+            head_dim=32,
+            time_embed_dim=128,
+            text_dim=64,
+            max_text_len=32,
+            positions="rope",
+            rope_base_grid=(4, 4),
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def cogvideox_2b(cls, **overrides: Any) -> TransformerConfig:
+        """CogVideoX-2B: 30 layers, 30 heads of 64 (1920), 3D sincos positions (scale 1.875)."""
+        return cls(**{"num_layers": 30, "num_heads": 30, "positions": "sincos", **overrides})
+
+    @classmethod
+    def cogvideox_5b(cls, **overrides: Any) -> TransformerConfig:
+        """CogVideoX-5B: 42 layers, 48 heads of 64 (3072), 3D-RoPE interpolated to a 30x45 grid."""
+        return cls(**{"num_layers": 42, "num_heads": 48, "positions": "rope", **overrides})
+
+    @classmethod
+    def from_diffusers_config(cls, config: dict[str, Any], **overrides: Any) -> TransformerConfig:
+        """The config of a diffusers ``CogVideoXTransformer3DModel`` (``config.json`` as a dict).
+
+        Raises ``ValueError`` for features this implementation does not have (learned positions
+        of the image-to-video models, the ``ofs`` embedding of 1.5-I2V, dropout, other activations).
+        """
+        c = {**_DIFFUSERS_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
+        unsupported = {
+            "use_learned_positional_embeddings": bool(c["use_learned_positional_embeddings"]),
+            "ofs_embed_dim": bool(c["ofs_embed_dim"]),
+            "dropout": bool(c["dropout"]),
+            "activation_fn": c["activation_fn"] != "gelu-approximate",
+            "timestep_activation_fn": c["timestep_activation_fn"] != "silu",
+            "patch_bias": not c["patch_bias"],
+        }
+        bad = [f"{k}={c[k]!r}" for k, is_bad in unsupported.items() if is_bad]
+        if bad:
+            raise ValueError(f"diffusers config uses features cogvx_mini lacks: {', '.join(bad)}")
+        p, p_t = c["patch_size"], c["patch_size_t"]
+        rope = bool(c["use_rotary_positional_embeddings"])
+        return cls(
+            num_layers=c["num_layers"],
+            num_heads=c["num_attention_heads"],
+            head_dim=c["attention_head_dim"],
+            in_channels=c["in_channels"],
+            out_channels=c["out_channels"] or c["in_channels"],
+            time_embed_dim=c["time_embed_dim"],
+            text_dim=c["text_embed_dim"],
+            max_text_len=c["max_text_seq_length"],
+            patch_size=p,
+            temporal_patch_size=p_t or 1,
+            positions="rope" if rope else "sincos",
+            spatial_interpolation_scale=c["spatial_interpolation_scale"],
+            temporal_interpolation_scale=c["temporal_interpolation_scale"],
+            # 1.0 squeezes any grid into the training grid; 1.5 slices a larger table.
+            rope_grid="interpolate" if p_t is None else "extrapolate",
+            rope_base_grid=(c["sample_height"] // p, c["sample_width"] // p),
+            attention_bias=c["attention_bias"],
+            norm_eps=c["norm_eps"],
+            norm_affine=c["norm_elementwise_affine"],
+            flip_sin_to_cos=c["flip_sin_to_cos"],
+            freq_shift=c["freq_shift"],
+            **overrides,
+        )
+
+    def to_diffusers_config(self) -> dict[str, Any]:
+        """Keyword arguments of a diffusers ``CogVideoXTransformer3DModel`` with this shape.
+
+        Only the released architecture has one (expert AdaLN, full attention, sincos or RoPE).
+        """
+        if self.adaln != "expert" or self.attention != "full" or self.positions == "none":
+            raise ValueError("diffusers has only adaln='expert', attention='full' with positions")
+        if not self.qk_norm or self.ff_mult != 4:
+            raise ValueError("diffusers' CogVideoX blocks always use QK-norm and a 4x feed-forward")
+        rope = self.positions == "rope"
+        if rope and self.rope_grid != (
+            "interpolate" if self.temporal_patch_size == 1 else "extrapolate"
+        ):
+            raise ValueError(f"diffusers' pipelines do not use rope_grid={self.rope_grid!r} here")
+        p = self.patch_size
+        return dict(
+            num_attention_heads=self.num_heads,
+            attention_head_dim=self.head_dim,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            flip_sin_to_cos=self.flip_sin_to_cos,
+            freq_shift=self.freq_shift,
+            time_embed_dim=self.time_embed_dim,
+            text_embed_dim=self.text_dim,
+            num_layers=self.num_layers,
+            attention_bias=self.attention_bias,
+            sample_height=self.rope_base_grid[0] * p,
+            sample_width=self.rope_base_grid[1] * p,
+            patch_size=p,
+            patch_size_t=None if self.temporal_patch_size == 1 else self.temporal_patch_size,
+            max_text_seq_length=self.max_text_len,
+            norm_elementwise_affine=self.norm_affine,
+            norm_eps=self.norm_eps,
+            spatial_interpolation_scale=self.spatial_interpolation_scale,
+            temporal_interpolation_scale=self.temporal_interpolation_scale,
+            use_rotary_positional_embeddings=rope,
+        )
+
+
+_DIFFUSERS_DEFAULTS: dict[str, Any] = {
+    "num_attention_heads": 30,
+    "attention_head_dim": 64,
+    "in_channels": 16,
+    "out_channels": 16,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "time_embed_dim": 512,
+    "ofs_embed_dim": None,
+    "text_embed_dim": 4096,
+    "num_layers": 30,
+    "dropout": 0.0,
+    "attention_bias": True,
+    "sample_width": 90,
+    "sample_height": 60,
+    "sample_frames": 49,
+    "patch_size": 2,
+    "patch_size_t": None,
+    "temporal_compression_ratio": 4,
+    "max_text_seq_length": 226,
+    "activation_fn": "gelu-approximate",
+    "timestep_activation_fn": "silu",
+    "norm_elementwise_affine": True,
+    "norm_eps": 1e-5,
+    "spatial_interpolation_scale": 1.875,
+    "temporal_interpolation_scale": 1.0,
+    "use_rotary_positional_embeddings": False,
+    "use_learned_positional_embeddings": False,
+    "patch_bias": True,
+}
+
+
+def timestep_embedding(
+    timesteps: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0
+) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps ``[B]`` -> float32 ``[B, dim]``.
+
+    ``[cos | sin]`` (``flip_sin_to_cos``) of ``t · 10000^(-i / (dim/2 - freq_shift))``.
+    """
+    half = dim // 2
+    exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
+    angles = timesteps.float()[:, None] * torch.exp(exponent / (half - freq_shift))[None, :]
+    sin, cos = angles.sin(), angles.cos()
+    emb = torch.cat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=-1)
+    return F.pad(emb, (0, dim % 2))
+
+
+class TimestepMLP(nn.Module):
+    """``[B, D] sinusoid -> Linear -> SiLU -> Linear -> [B, D_t]``."""
+
+    def __init__(self, dim: int, temb_dim: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(dim, temb_dim)
+        self.linear_2 = nn.Linear(temb_dim, temb_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(F.silu(self.linear_1(x)))
+
+
+class FeedForward(nn.Module):
+    """``[B, S, D] -> Linear(D, mult·D) -> GELU(tanh) -> Linear -> [B, S, D]``."""
+
+    def __init__(self, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, mult * dim)
+        self.fc2 = nn.Linear(mult * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def _attention_kernel_ops() -> set:
+    """The aten (and flash-attn) attention kernels whose outputs selective checkpointing keeps."""
+    names = (
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+    )
+    ops = {getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n)}
+    flash = getattr(torch.ops, "flash_attn", None)
+    if flash is not None and hasattr(flash, "_flash_attn_forward"):
+        ops.add(flash._flash_attn_forward.default)
+    return ops
+
+
+def _selective_context():
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    keep = _attention_kernel_ops()
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+class TransformerBlock(nn.Module):
+    """Expert block: ``block(video [B,N,D], text [B,L,D], temb [B,D_t], rope) -> (video, text)``.
+
+    AdaLN #1 -> attention over ``[text; video]`` -> gated residual -> AdaLN #2 -> one feed-forward
+    over the whole sequence -> gated residual, with separate text/video gates. ``kind`` is the
+    attention layer's kind (``full``, or ``spatial``/``temporal`` in a 2D+1D model, which needs
+    ``grid``). ``checkpointing``: ``none``, ``full`` or ``selective`` (while gradients are on).
+    """
+
+    def __init__(self, config: TransformerConfig, kind: str = "full") -> None:
+        super().__init__()
+        c = config
+        adaln = ADALN_VARIANTS[c.adaln]
+        self.norm1 = adaln(c.time_embed_dim, c.dim, c.norm_eps, c.norm_affine)
+        self.attn = self._attention_class()(
+            c.dim, c.num_heads, c.head_dim, qk_norm=c.qk_norm, bias=c.attention_bias, kind=kind
+        )
+        self.attn.core = sdpa_core(c.attention_backend)
+        self.norm2 = adaln(c.time_embed_dim, c.dim, c.norm_eps, c.norm_affine)
+        self.ff = FeedForward(c.dim, c.ff_mult)
+        self.checkpointing = "none"
+
+    @staticmethod
+    def _attention_class() -> type[Attention]:
+        return Attention
+
+    def feed_forward(self, h: torch.Tensor, text_len: int) -> torch.Tensor:
+        return self.ff(h)
+
+    def forward_joint(
+        self, x: torch.Tensor, text_len: int, temb: torch.Tensor, rope: Rope = None, grid=None
+    ) -> torch.Tensor:
+        """The block on the concatenated sequence ``x [B, L+N, D]`` in ``[text; video]`` order."""
+        h, gate_text, gate_video = self.norm1(x, text_len, temb)
+        x = gated_residual(x, self.attn(h, text_len, rope, grid), text_len, gate_text, gate_video)
+        h, gate_text, gate_video = self.norm2(x, text_len, temb)
+        return gated_residual(x, self.feed_forward(h, text_len), text_len, gate_text, gate_video)
+
+    def _forward(self, video, text, temb, rope, grid):
+        text_len = text.shape[1]
+        x = self.forward_joint(torch.cat([text, video], dim=1), text_len, temb, rope, grid)
+        return x[:, text_len:], x[:, :text_len]
+
+    def forward(
+        self,
+        video: torch.Tensor,
+        text: torch.Tensor,
+        temb: torch.Tensor,
+        rope: Rope = None,
+        grid: tuple[int, int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.checkpointing == "none" or not torch.is_grad_enabled():
+            return self._forward(video, text, temb, rope, grid)
+        kwargs = {"context_fn": _selective_context} if self.checkpointing == "selective" else {}
+        return checkpoint(
+            self._forward, video, text, temb, rope, grid, use_reentrant=False, **kwargs
+        )
+
+
+class MMDiTBlock(TransformerBlock):
+    """MMDiT-style block: text tokens get their own LayerNorm, modulation, attention projections
+    and feed-forward; both modalities still meet in one joint attention."""
+
+    def __init__(self, config: TransformerConfig, kind: str = "full") -> None:
+        if config.adaln != "mmdit":
+            raise ValueError(f"MMDiTBlock needs adaln='mmdit', got {config.adaln!r}")
+        super().__init__(config, kind)
+        self.ff_text = FeedForward(config.dim, config.ff_mult)
+        assert isinstance(self.norm1, MMDiTAdaLN)
+
+    @staticmethod
+    def _attention_class() -> type[Attention]:
+        return MMDiTAttention
+
+    def feed_forward(self, h: torch.Tensor, text_len: int) -> torch.Tensor:
+        return torch.cat([self.ff_text(h[:, :text_len]), self.ff(h[:, text_len:])], dim=1)
+
+
+class CogVideoXTransformer(nn.Module):
+    """CogVideoX's denoiser. ``forward(latents [B,C,T,H,W], text [B,L,D_text], timesteps [B])``
+    -> v-prediction ``[B,C,T,H,W]``; also usable piece by piece: ``embed``, ``blocks``, ``unembed``.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        patch_features = c.in_channels * c.temporal_patch_size * c.patch_size**2
+        self.patch_embed = nn.Linear(patch_features, c.dim)
+        self.text_proj = nn.Linear(c.text_dim, c.dim)
+        self.time_embed = TimestepMLP(c.dim, c.time_embed_dim)
+        block_class = MMDiTBlock if c.adaln == "mmdit" else TransformerBlock
+        kinds = ["full"] * c.num_layers
+        if c.attention == "2d1d":
+            kinds = ["spatial" if i % 2 == 0 else "temporal" for i in range(c.num_layers)]
+        self.blocks = nn.ModuleList(block_class(c, kind) for kind in kinds)
+        self.norm_final = nn.LayerNorm(c.dim, eps=c.norm_eps, elementwise_affine=c.norm_affine)
+        self.norm_out = FinalAdaLN(c.time_embed_dim, c.dim, c.norm_eps, c.norm_affine)
+        out_features = c.out_channels * c.temporal_patch_size * c.patch_size**2
+        self.proj_out = nn.Linear(c.dim, out_features)
+        self._tables: dict[tuple, Any] = {}
+        self.reset_parameters()
+        self.set_checkpointing(c.checkpointing, c.checkpoint_every)
+        if c.compile_blocks:
+            self.compile_blocks()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform linears with zero biases; zero AdaLN modulations and output projection,
+        so every block starts as the identity and the model predicts zero (AdaLN-zero, DiT)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, (FinalAdaLN, *ADALN_VARIANTS.values())):
+                nn.init.zeros_(module.linear.weight)
+                nn.init.zeros_(module.linear.bias)
+        nn.init.zeros_(self.proj_out.weight)
+
+    def set_checkpointing(self, mode: str, every: int = 1) -> None:
+        """Checkpointing (``none``, ``full``, ``selective``) on every ``every``-th block."""
+        dataclasses.replace(self.config, checkpointing=mode, checkpoint_every=every)  # validates
+        for i, block in enumerate(self.blocks):
+            block.checkpointing = mode if i % every == 0 else "none"
+
+    def set_attention_backend(self, backend: str) -> None:
+        """Use one SDPA backend in every block (see :func:`cogvx_mini.attention.sdpa_core`)."""
+        core = sdpa_core(backend)
+        for block in self.blocks:
+            block.attn.core = core
+
+    def compile_blocks(self, **kwargs: Any) -> None:
+        """``torch.compile`` each block in place (one compilation serves all identical blocks)."""
+        for block in self.blocks:
+            block.compile(**kwargs)
+
+    # -- shapes and checks ------------------------------------------------------------------
+
+    def grid(self, latents_shape: tuple[int, ...] | torch.Size) -> tuple[int, int, int]:
+        """Token grid ``(t, h, w)`` of latents ``[B, C, T, H, W]``."""
+        c = self.config
+        return patch_grid(*latents_shape[2:], c.patch_size, c.temporal_patch_size)
+
+    def check_inputs(self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor):
+        c = self.config
+        if latents.ndim != 5 or latents.shape[1] != c.in_channels:
+            raise ValueError(
+                f"expected latents [B, {c.in_channels}, T, H, W], got shape {tuple(latents.shape)}"
+            )
+        self.grid(latents.shape)
+        if text.ndim != 3 or text.shape[2] != c.text_dim or text.shape[0] != latents.shape[0]:
+            raise ValueError(
+                f"expected text [{latents.shape[0]}, L, {c.text_dim}], got {tuple(text.shape)}"
+            )
+        if text.shape[1] > c.max_text_len:
+            raise ValueError(f"expected at most {c.max_text_len} text tokens, got {text.shape[1]}")
+        if timesteps.shape != (latents.shape[0],):
+            raise ValueError(
+                f"expected timesteps [{latents.shape[0]}], got shape {tuple(timesteps.shape)}"
+            )
+
+    # -- the three stages -------------------------------------------------------------------
+
+    def position_tables(self, grid: tuple[int, int, int], device, dtype) -> Any:
+        """Cached per (grid, device, dtype): sincos embedding ``[N, D]`` or rope ``(cos, sin)``."""
+        c = self.config
+        key = (c.positions, grid, str(device), dtype)
+        if key not in self._tables:
+            if c.positions == "sincos":
+                table = sincos_3d(
+                    c.dim, grid, c.spatial_interpolation_scale, c.temporal_interpolation_scale
+                ).to(device=device, dtype=dtype)
+            elif c.positions == "rope":
+                if c.rope_grid == "interpolate":
+                    pos = positions_interpolated(grid, c.rope_base_grid)
+                else:
+                    pos = positions_extrapolated(grid)
+                cos, sin = rope_3d(c.head_dim, grid, pos, c.rope_theta)
+                table = (cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype))
+            else:
+                table = None
+            self._tables[key] = table
+        return self._tables[key]
+
+    def embed(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Rope]:
+        """-> ``video [B, N, D]``, ``text [B, L, D]``, ``temb [B, D_t]``, ``rope`` (``None`` or
+        ``(cos, sin)``, each ``[N, head_dim]``)."""
+        self.check_inputs(latents, text, timesteps)
+        c = self.config
+        dtype = self.patch_embed.weight.dtype
+        grid = self.grid(latents.shape)
+        video = self.patch_embed(patchify(latents.to(dtype), c.patch_size, c.temporal_patch_size))
+        table = self.position_tables(grid, latents.device, dtype)
+        rope = table if c.positions == "rope" else None
+        if c.positions == "sincos":
+            video = video + table
+        text = self.text_proj(text.to(dtype))
+        sinusoid = timestep_embedding(timesteps, c.dim, c.flip_sin_to_cos, c.freq_shift)
+        temb = self.time_embed(sinusoid.to(dtype))
+        return video, text, temb, rope
+
+    def unembed(
+        self,
+        video: torch.Tensor,
+        text: torch.Tensor,
+        temb: torch.Tensor,
+        grid: tuple[int, int, int],
+    ) -> torch.Tensor:
+        """Video tokens ``[B, N, D]`` -> latents ``[B, C_out, T, H, W]`` (text is dropped)."""
+        c = self.config
+        out = self.proj_out(self.norm_out(self.norm_final(video), temb))
+        return unpatchify(out, grid, c.patch_size, c.temporal_patch_size)
+
+    def forward(
+        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        grid = self.grid(latents.shape)
+        video, text, temb, rope = self.embed(latents, text, timesteps)
+        for block in self.blocks:
+            video, text = block(video, text, temb, rope, grid)
+        return self.unembed(video, text, temb, grid)
+
+
+# -- counting ---------------------------------------------------------------------------------
+
+
+def count_parameters(model_or_config: nn.Module | TransformerConfig) -> int:
+    """Number of parameters; a config is instantiated on the ``meta`` device (no memory)."""
+    model = model_or_config
+    if isinstance(model_or_config, TransformerConfig):
+        with torch.device("meta"):
+            model = CogVideoXTransformer(model_or_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(
+    config: TransformerConfig,
+    frames: int,
+    height: int,
+    width: int,
+    text_len: int | None = None,
+    batch: int = 1,
+) -> dict[str, int]:
+    """Matmul FLOPs (2 per multiply-add) of one forward pass on latents ``frames x height x width``.
+
+    Returns ``{"linear", "attention", "embed", "total"}``: the blocks' projections and
+    feed-forward (``(8 + 4·ff_mult)·S·D²`` per layer for ``S = L + N`` tokens), the attention
+    products (``4·D`` per query-key pair: ``S²`` under full attention, fewer under 2D+1D), and
+    the patch/text/output projections. A training step costs about 3x (forward + backward).
+    """
+    c = config
+    text_len = c.max_text_len if text_len is None else text_len
+    t, h, w = patch_grid(frames, height, width, c.patch_size, c.temporal_patch_size)
+    n, L, d = t * h * w, text_len, c.dim
+    s = L + n
+    pairs_full = s * s
+    pairs = {
+        "full": pairs_full,
+        "spatial": L * s + n * (L + h * w),
+        "temporal": L * s + n * (L + t),
+    }
+    kinds = ["full"] * c.num_layers
+    if c.attention == "2d1d":
+        kinds = ["spatial" if i % 2 == 0 else "temporal" for i in range(c.num_layers)]
+    linear = c.num_layers * (8 + 4 * c.ff_mult) * s * d * d
+    attention = sum(4 * d * pairs[k] for k in kinds)
+    patch = c.in_channels * c.temporal_patch_size * c.patch_size**2
+    embed = 2 * n * patch * d + 2 * L * c.text_dim * d + 2 * n * d * patch
+    out = {"linear": linear, "attention": attention, "embed": embed}
+    out = {k: v * batch for k, v in out.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+# -- conversion from diffusers ------------------------------------------------------------------
+
+
+def _diffusers_key_map(config: TransformerConfig) -> dict[str, list[str]]:
+    """cogvx_mini key -> the diffusers keys it is made of (concatenated along dim 0)."""
+    names: dict[str, list[str]] = {}
+
+    def both(ours: str, theirs: str, bias: bool = True) -> None:
+        names[f"{ours}.weight"] = [f"{theirs}.weight"]
+        if bias:
+            names[f"{ours}.bias"] = [f"{theirs}.bias"]
+
+    both("patch_embed", "patch_embed.proj")
+    both("text_proj", "patch_embed.text_proj")
+    both("time_embed.linear_1", "time_embedding.linear_1")
+    both("time_embed.linear_2", "time_embedding.linear_2")
+    affine = config.norm_affine
+    for i in range(config.num_layers):
+        ours, theirs = f"blocks.{i}", f"transformer_blocks.{i}"
+        for norm in ("norm1", "norm2"):
+            both(f"{ours}.{norm}.linear", f"{theirs}.{norm}.linear")
+            if affine:
+                both(f"{ours}.{norm}.norm", f"{theirs}.{norm}.norm")
+        for part in ("weight", "bias") if config.attention_bias else ("weight",):
+            names[f"{ours}.attn.qkv.{part}"] = [f"{theirs}.attn1.to_{x}.{part}" for x in "qkv"]
+        if config.qk_norm:
+            both(f"{ours}.attn.norm_q", f"{theirs}.attn1.norm_q")
+            both(f"{ours}.attn.norm_k", f"{theirs}.attn1.norm_k")
+        both(f"{ours}.attn.out", f"{theirs}.attn1.to_out.0")
+        both(f"{ours}.ff.fc1", f"{theirs}.ff.net.0.proj")
+        both(f"{ours}.ff.fc2", f"{theirs}.ff.net.2")
+    if affine:
+        both("norm_final", "norm_final")
+        both("norm_out.norm", "norm_out.norm")
+    both("norm_out.linear", "norm_out.linear")
+    both("proj_out", "proj_out")
+    return names
+
+
+def transformer_state_dict_from_diffusers(
+    state_dict: dict[str, torch.Tensor], config: TransformerConfig
+) -> dict[str, torch.Tensor]:
+    """A diffusers ``CogVideoXTransformer3DModel`` state dict -> a ``CogVideoXTransformer`` one.
+
+    ``to_q/to_k/to_v`` are stacked into the fused ``qkv``; the patch convolution's kernel
+    ``[D, C, p, p]`` becomes the patch embedding's ``[D, C·p·p]`` (same feature order). Tensors
+    that need no change are passed through without a copy. Raises ``KeyError`` listing every
+    missing and unexpected key.
+    """
+    if config.adaln != "expert" or config.attention != "full":
+        raise ValueError(
+            "only the released architecture (adaln='expert', attention='full') converts"
+        )
+    key_map = _diffusers_key_map(config)
+    used = {k for keys in key_map.values() for k in keys}
+    missing = sorted(k for k in used if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in used)
+    if missing or unexpected:
+        raise KeyError(f"diffusers state dict does not match the config: missing {missing}, "
+                       f"unexpected {unexpected}")  # fmt: skip
+    out = {}
+    for ours, theirs in key_map.items():
+        tensors = [state_dict[k] for k in theirs]
+        tensor = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+        if ours == "patch_embed.weight":
+            tensor = tensor.reshape(tensor.shape[0], -1)
+        out[ours] = tensor
+    return out

@@ -1,0 +1,166 @@
+"""cogvx_mini's transformer against diffusers' CogVideoXTransformer3DModel (the `interop` extra)."""
+
+import inspect
+
+import pytest
+import torch
+
+from cogvx_mini.rope import positions_interpolated, rope_3d, sincos_3d
+from cogvx_mini.transformer import (
+    CogVideoXTransformer,
+    TransformerConfig,
+    transformer_state_dict_from_diffusers,
+)
+
+diffusers = pytest.importorskip("diffusers")
+from diffusers import CogVideoXTransformer3DModel  # noqa: E402
+from diffusers.models.embeddings import (  # noqa: E402
+    get_3d_rotary_pos_embed,
+    get_3d_sincos_pos_embed,
+)
+from diffusers.pipelines.cogvideo.pipeline_cogvideox import (  # noqa: E402
+    get_resize_crop_region_for_grid,
+)
+
+# Small configs shaped like the released models: 2B (sincos positions), 5B (3D-RoPE), 1.5
+# (temporal patch 2, RoPE sliced from a larger table). The training grid is 8 x 12 latents.
+SMALL = dict(
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=4,
+    out_channels=4,
+    time_embed_dim=24,
+    text_embed_dim=20,
+    num_layers=2,
+    sample_height=8,
+    sample_width=12,
+    sample_frames=9,
+    max_text_seq_length=7,
+)
+LIKE = {
+    "2b": {},
+    "5b": {"use_rotary_positional_embeddings": True},
+    "1.5": {"use_rotary_positional_embeddings": True, "patch_size_t": 2},
+}
+
+
+def _diffusers_rope(model, frames, height, width):
+    """Rotary tables as diffusers' CogVideoX pipelines compute them."""
+    c = model.config
+    p, grid_h, grid_w = c.patch_size, height // c.patch_size, width // c.patch_size
+    base_h, base_w = c.sample_height // p, c.sample_width // p
+    if c.patch_size_t is None:
+        crops = get_resize_crop_region_for_grid((grid_h, grid_w), base_w, base_h)
+        return get_3d_rotary_pos_embed(c.attention_head_dim, crops, (grid_h, grid_w), frames)
+    return get_3d_rotary_pos_embed(
+        c.attention_head_dim,
+        None,
+        (grid_h, grid_w),
+        frames // c.patch_size_t,
+        grid_type="slice",
+        max_size=(base_h, base_w),
+    )
+
+
+def _pair(like, seed=0):
+    torch.manual_seed(seed)
+    theirs = CogVideoXTransformer3DModel(**SMALL, **LIKE[like]).eval()
+    config = TransformerConfig.from_diffusers_config(dict(theirs.config))
+    ours = CogVideoXTransformer(config).eval()
+    ours.load_state_dict(transformer_state_dict_from_diffusers(theirs.state_dict(), config))
+    return theirs, ours
+
+
+@pytest.mark.parametrize("like", list(LIKE))
+def test_same_output_as_diffusers(like):
+    theirs, ours = _pair(like)
+    # odd latent frame count (even for the temporal patch), non-square and not the training
+    # grid: 4 x 12 latents -> 2 x 6 tokens, centred with an offset in the 4 x 6 RoPE base grid
+    frames = 4 if like == "1.5" else 3
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(2, 4, frames, 4, 12, generator=g)
+    text = torch.randn(2, 7, 20, generator=g)  # diffusers' sincos path needs the full length
+    steps = torch.tensor([3.0, 901.0])
+    rope = (
+        _diffusers_rope(theirs, frames, 4, 12)
+        if theirs.config.use_rotary_positional_embeddings
+        else None
+    )
+    with torch.no_grad():
+        ref = theirs(
+            latents.transpose(1, 2), text, steps, image_rotary_emb=rope, return_dict=False
+        )[0]
+        out = ours(latents, text, steps)
+    ref = ref.transpose(1, 2)
+    assert out.shape == ref.shape == latents.shape
+    assert ((out - ref).norm() / ref.norm()).item() <= 1e-5
+    assert ref.abs().mean() > 0.1  # random weights: a real signal, not zeros
+
+
+def test_position_tables_match_diffusers():
+    cos, sin = rope_3d(64, (3, 5, 7), positions_interpolated((3, 5, 7), (30, 45)))
+    crops = get_resize_crop_region_for_grid((5, 7), 45, 30)
+    ref_cos, ref_sin = get_3d_rotary_pos_embed(64, crops, (5, 7), 3)
+    torch.testing.assert_close(cos, ref_cos, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sin, ref_sin, rtol=1e-6, atol=1e-6)
+    emb = sincos_3d(128, (3, 5, 7), 1.875, 1.0)
+    ref = get_3d_sincos_pos_embed(128, (7, 5), 3, 1.875, 1.0).flatten(0, 1)
+    torch.testing.assert_close(emb, ref.float(), rtol=1e-6, atol=1e-6)
+
+
+def test_released_configs_convert_to_ours():
+    # the constructor's defaults are CogVideoX-2B's config; 5B changes heads, layers, positions
+    signature = inspect.signature(CogVideoXTransformer3DModel.__init__).parameters.items()
+    defaults = {k: p.default for k, p in signature if k != "self"}
+    assert TransformerConfig.from_diffusers_config(defaults) == TransformerConfig.cogvideox_2b()
+    five_b = {**defaults, "num_attention_heads": 48, "num_layers": 42}
+    five_b["use_rotary_positional_embeddings"] = True
+    assert TransformerConfig.from_diffusers_config(five_b) == TransformerConfig.cogvideox_5b()
+
+
+def test_key_mismatch_lists_the_keys():
+    theirs, _ = _pair("2b")
+    config = TransformerConfig.from_diffusers_config(dict(theirs.config))
+    state = dict(theirs.state_dict())
+    state.pop("proj_out.bias")
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(
+        KeyError, match=r"missing \['proj_out.bias'\], unexpected \['extra.weight'\]"
+    ):
+        transformer_state_dict_from_diffusers(state, config)
+    with pytest.raises(ValueError, match="learned"):
+        TransformerConfig.from_diffusers_config(
+            {"use_rotary_positional_embeddings": True, "use_learned_positional_embeddings": True}
+        )
+
+
+@pytest.mark.parametrize(
+    "make", [TransformerConfig.mini, TransformerConfig.cogvideox_2b, TransformerConfig.cogvideox_5b]
+)
+def test_config_round_trips_through_diffusers(make):
+    config = make()
+    assert TransformerConfig.from_diffusers_config(config.to_diffusers_config()) == config
+
+
+def test_benchmark_smoke_on_cpu(tmp_path):
+    from cogvx_mini.bench_transformer import main
+
+    rows = main(
+        [
+            "--device",
+            "cpu",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--checkpointing",
+            "selective",
+            "--json",
+            str(tmp_path / "rows.json"),
+        ]
+    )
+    check = next(r for r in rows if r["impl"] == "check")
+    assert check["relative_error"] < 1e-5
+    timed = [r for r in rows if "train_s" in r]
+    assert {r["impl"] for r in timed} == {"diffusers auto", "cogvx_mini auto ckpt=selective"}
+    assert (tmp_path / "rows.json").exists()
