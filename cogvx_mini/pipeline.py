@@ -102,9 +102,10 @@ def generate(
         height // s,
         width // s,
     )
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-    cond = pipe.text_encoder.encode(list(prompts))
-    uncond = pipe.text_encoder.encode([negative_prompt] * b)
+    device = next(pipe.transformer.parameters()).device
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    cond = pipe.text_encoder.encode(list(prompts)).to(device)
+    uncond = pipe.text_encoder.encode([negative_prompt] * b).to(device)
 
     def model_fn(x, t):
         return pipe.transformer(x, cond, t).float()
@@ -123,8 +124,30 @@ def generate(
         progress=progress,
     )
     latents = latents / pipe.latent_scale
-    videos = pipe.vae.decode(latents).clamp(-1, 1)
-    return (videos, latents) if return_latents else videos
+    videos = pipe.vae.decode(latents).clamp(-1, 1).float().cpu()
+    return (videos, latents.cpu()) if return_latents else videos
+
+
+def evaluation_prompts(split: str, count: int, first_seed: int = 10_000) -> list[str]:
+    """``count`` toy-world captions of ``split`` ("train": seen pairs only, "held_out": each with
+    a colour-direction pair never seen in training), from seeds no training clip used."""
+    from cogvx_mini.toyworld import sample_scene
+
+    return [sample_scene(first_seed + i, split=split).caption for i in range(count)]
+
+
+def judge_scores(
+    pipe: Pipeline, prompts: list[str], batch_size: int = 16, **generate_kwargs
+) -> list[float]:
+    """The toy-world judge's score of a generated video for each prompt (text alignment)."""
+    from cogvx_mini.toyworld import judge
+
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        videos = generate(chunk, pipe, **{"progress": False, **generate_kwargs})
+        scores += [judge(v, p) for v, p in zip(videos, chunk, strict=True)]
+    return scores
 
 
 def save_videos(
