@@ -2,6 +2,7 @@
 
 python -m cogvx_mini.bench vae [options]          # see cogvx_mini/bench_vae.py
 python -m cogvx_mini.bench transformer [options]  # see cogvx_mini/bench_transformer.py
+python -m cogvx_mini.bench scale [options]        # see scale/bench.py (run from the repo root)
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {"vae": "cogvx_mini.bench_vae", "transformer": "cogvx_mini.bench_transformer"}
+BENCHMARKS = {
+    "vae": "cogvx_mini.bench_vae",
+    "transformer": "cogvx_mini.bench_transformer",
+    "scale": "scale.bench",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

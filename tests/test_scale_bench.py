@@ -1,0 +1,74 @@
+"""scale/bench.py's CPU smoke mode, and loading released weights into a sharded model."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+from scale_helpers import ROOT, run_gloo
+
+from cogvx_mini.checkpoint import save_weights
+from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+from scale.model import load_transformer_weights
+
+
+def test_bench_cpu_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "scale" / "bench.py"), "--device", "cpu"]
+    cmd += ["--steps", "2", "--warmup", "1", "--json", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "s/step" in run.stdout
+    result = json.loads(out.read_text())
+    assert result["mode"] == "step" and len(result["times_s"]) == 2
+    assert result["time_per_step_s"] > 0 and result["tokens_per_sample"] == 3 * 2 * 2 + 8
+
+
+def _config(**overrides):
+    return TransformerConfig.mini(**{"num_layers": 2, "num_heads": 4, "head_dim": 16, **overrides})
+
+
+def test_weights_of_another_config_are_refused(tmp_path):
+    torch.manual_seed(0)
+    source = CogVideoXTransformer(_config())
+    path = save_weights(source.state_dict(), tmp_path / "w.safetensors")
+    same = CogVideoXTransformer(_config())
+    load_transformer_weights(same, path)
+    for k, v in source.state_dict().items():
+        assert torch.equal(same.state_dict()[k], v)
+    with pytest.raises(ValueError, match=r"another transformer config: 20 missing .*blocks\.2"):
+        load_transformer_weights(CogVideoXTransformer(_config(num_layers=3)), path)
+    with pytest.raises(ValueError, match="of another shape"):
+        load_transformer_weights(CogVideoXTransformer(_config(text_dim=32)), path)
+
+
+def _sharded_load(rank, world, path):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from cogvx_mini.checkpoint import load_weights
+    from scale.parallel import ParallelTransformer, apply_fsdp, load_full_state_dict, materialize
+
+    with torch.device("meta"):
+        wrapper = ParallelTransformer(CogVideoXTransformer(_config()))
+    apply_fsdp(wrapper, init_device_mesh("cpu", (world,)), "fp32")
+    materialize(wrapper, torch.device("cpu"), seed=0)
+    shard = next(wrapper.parameters())
+    assert shard.to_local().shape[0] * world == shard.shape[0]  # really sharded
+    load_full_state_dict(wrapper, load_weights(path) if rank == 0 else {})
+    full = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True))
+    if rank == 0:
+        expected = load_weights(path)
+        assert sorted(k.removeprefix("model.") for k in full) == sorted(expected)
+        for k, v in full.items():
+            assert torch.equal(v, expected[k.removeprefix("model.")]), k
+    dist.barrier()
+
+
+def test_released_weights_load_into_the_sharded_model(tmp_path):
+    """The CUDA path of train.py: meta model, sharded, rank 0 reads the file and broadcasts."""
+    torch.manual_seed(1)
+    path = save_weights(CogVideoXTransformer(_config()).state_dict(), tmp_path / "w.safetensors")
+    run_gloo(_sharded_load, 2, str(path))

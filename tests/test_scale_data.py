@@ -1,0 +1,114 @@
+"""scale/ data: the batch plan, the toy path, and precompute -> cache -> loader."""
+
+import json
+
+import pytest
+import scale_helpers  # noqa: F401
+import torch
+
+from cogvx_mini.toyworld import sample_video
+from cogvx_mini.video_io import save_video
+from scale.data import BatchPlan, LatentCache, ToyLatents, pseudo_latents, toy_text_embedding
+from scale.precompute import choose_bucket, pack_frames, precompute, read_captions
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return ToyLatents([[9, 32, 32], [5, 32, 48]], samples=6, channels=4, text_length=6, text_dim=8)
+
+
+def test_toy_latents_have_latent_shapes_and_buckets(toy):
+    assert sorted(toy.buckets) == [(4, 2, 4, 6), (4, 3, 4, 4)]
+    lat, text = toy.batch(toy.buckets[(4, 3, 4, 4)][:2])
+    assert lat.shape == (2, 4, 3, 4, 4) and text.shape == (2, 6, 8)
+
+
+def test_pseudo_latents_follow_the_objects():
+    video, _ = sample_video(3, 9, 64, 64)
+    lat = pseudo_latents(video, 4)
+    assert lat.shape == (4, 3, 8, 8)
+    assert not torch.allclose(lat[:, 0], lat[:, -1])  # things move
+    assert torch.equal(lat, pseudo_latents(video, 4))
+
+
+def test_toy_text_embedding_is_per_word():
+    a = toy_text_embedding("a red circle", 5, 8)
+    b = toy_text_embedding("a blue circle", 5, 8)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and not torch.equal(a[1], b[1])
+    assert torch.equal(a[3:], torch.zeros(2, 8))
+
+
+def test_batch_plan_is_deterministic_stratified_and_one_bucket(toy):
+    plan = BatchPlan(toy, global_batch=4, seed=1)
+    p = plan.plan(5)
+    assert p == BatchPlan(toy, global_batch=4, seed=1).plan(5)
+    assert p != plan.plan(6)
+    assert all(i in toy.buckets[p.bucket] for i in p.indices)
+    # explicit uniform sampling: sample j's timestep lies in the j-th quarter of [0, 1000)
+    for step in range(20):
+        ts = plan.plan(step).timesteps
+        assert [t // 250 for t in ts] == [0, 1, 2, 3]
+    seen = {plan.plan(s).bucket for s in range(20)}
+    assert seen == set(toy.buckets)
+
+
+def _write_folder(folder, n, bad=True):
+    rows = []
+    for i in range(n):
+        frames = 9 if i % 2 else 13  # 13-frame clips are subsampled onto the 9-frame bucket
+        video, caption = sample_video(i, frames, 32, 40)
+        save_video(video, folder / f"v{i}.gif")
+        rows.append({"file": f"v{i}.gif", "caption": caption})
+    if bad:
+        (folder / "broken.mp4").write_bytes(b"not a video")
+        rows.append({"file": "broken.mp4", "caption": "nothing"})
+    rows.append({"file": "missing.mp4", "caption": "not there"})
+    (folder / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+
+
+def test_precompute_cache_round_trip_and_resume(tmp_path):
+    videos, cache = tmp_path / "videos", tmp_path / "cache"
+    videos.mkdir()
+    _write_folder(videos, 5)
+    items = read_captions(videos)
+    assert len(items) == 6  # the missing file is dropped, the broken one is tried
+    calls = []
+
+    def encode_video(v):
+        calls.append(v.shape)
+        return pseudo_latents(v[0], 4)
+
+    encode_text = lambda prompts: torch.stack([toy_text_embedding(p, 6, 8) for p in prompts])
+    buckets = [[9, 32, 32], [5, 16, 32]]
+    with pytest.warns(UserWarning, match="skipping unreadable video"):
+        counts = precompute(items, cache, buckets, encode_video, encode_text, shard_size=4)
+    assert counts == {"encoded": 5, "skipped_shards": 0, "unreadable": 1}
+    assert all(shape == (1, 3, 9, 32, 32) for shape in calls)
+    data = LatentCache(cache)
+    assert len(data) == 5 and list(data.buckets) == [(4, 3, 4, 4)]
+    lat, text = data.get(0)
+    assert lat.shape == (4, 3, 4, 4) and text.shape == (6, 8)
+    # A second run finds both shards done and encodes nothing.
+    counts = precompute(items, cache, buckets, encode_video, encode_text, shard_size=4)
+    assert counts["skipped_shards"] == 2 and len(calls) == 5
+
+
+def test_a_folder_without_usable_videos_is_named(tmp_path):
+    (tmp_path / "captions.csv").write_text("file,caption\nnope.mp4,a cat\n")
+    with pytest.raises(ValueError, match="no usable videos in"):
+        read_captions(tmp_path)
+    with pytest.raises(ValueError, match="expected captions.jsonl or captions.csv"):
+        read_captions(tmp_path / "..")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no cached samples in"):
+        LatentCache(tmp_path / "empty")
+
+
+def test_frame_pack_and_bucket_choice():
+    video = torch.arange(20.0).view(1, 20, 1, 1)
+    assert pack_frames(video, 9)[0, :, 0, 0].tolist() == [0, 2, 4, 6, 8, 10, 12, 14, 16]
+    assert pack_frames(video[:, :3], 5)[0, :, 0, 0].tolist() == [0, 1, 2, 2, 2]
+    buckets = [[9, 32, 32], [17, 32, 32], [9, 32, 64]]
+    assert choose_bucket(13, 30, 30, buckets) == [9, 32, 32]
+    assert choose_bucket(40, 30, 30, buckets) == [17, 32, 32]
+    assert choose_bucket(3, 30, 62, buckets) == [9, 32, 64]
