@@ -3,6 +3,7 @@
 python -m cogvx_mini.bench vae [options]          # see cogvx_mini/bench_vae.py
 python -m cogvx_mini.bench transformer [options]  # see cogvx_mini/bench_transformer.py
 python -m cogvx_mini.bench scale [options]        # see scale/bench.py (run from the repo root)
+python -m cogvx_mini.bench mini [options]         # see cogvx_mini/bench_mini.py (judge scores)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ BENCHMARKS = {
     "vae": "cogvx_mini.bench_vae",
     "transformer": "cogvx_mini.bench_transformer",
     "scale": "scale.bench",
+    "mini": "cogvx_mini.bench_mini",
 }
 
 
