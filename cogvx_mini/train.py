@@ -119,7 +119,7 @@ def cache_latents(
 ) -> LatentDataset:
     """Frame-pack each clip into its bucket, encode it once with the frozen ``vae``.
 
-    ``latent_scale`` multiplies latents (``None``: ``1 / std`` of the cached means, so the
+    ``latent_scale`` multiplies latents (``None``: ``1 / std`` of posterior samples, so the
     diffusion sees unit-variance latents, the role of the VAE's ``scaling_factor``).
     """
     from cogvx_mini.frame_pack import assign_bucket
@@ -150,7 +150,10 @@ def cache_latents(
             bar.update(len(chunk))
     bar.close()
     if latent_scale is None:
-        latent_scale = 1.0 / torch.cat([c.mean.flatten() for c in out]).std().item()
+        # Standard deviation of posterior samples: spread of the means plus the posterior noise.
+        means = torch.cat([c.mean.flatten() for c in out])
+        noise_var = torch.cat([c.std.flatten() ** 2 for c in out]).mean()
+        latent_scale = 1.0 / (means.var() + noise_var).sqrt().item()
     return LatentDataset(out, text_encoder.encode([""])[0], latent_scale)
 
 
@@ -318,14 +321,18 @@ def train(
 
 
 def build_mini_dataset(
-    count: int, progress: bool = True, lengths: Sequence[int] = (9, 13, 17, 21)
+    count: int,
+    progress: bool = True,
+    lengths: Sequence[int] = (9, 13, 17, 21),
+    vae_weights: str | Path | None = None,
 ) -> LatentDataset:
-    """The toy world's training split, encoded by the shipped mini VAE and the toy encoder."""
+    """The toy world's training split, encoded by the mini VAE (the shipped weights unless
+    ``vae_weights``) and the toy text encoder."""
     from cogvx_mini.text_encoder import ToyTextEncoder
     from cogvx_mini.vae import load_mini_vae
 
     buckets = [Bucket(9, 64, 64), Bucket(17, 64, 64)]
-    vae = load_mini_vae()
+    vae = load_mini_vae(vae_weights)
     return cache_latents(
         toy_clips(count, lengths), vae, ToyTextEncoder(), buckets, progress=progress
     )
@@ -342,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
     parser.add_argument("--ship", action="store_true", help=f"write assets/{WEIGHTS_NAME}")
+    parser.add_argument("--vae-weights", type=Path, default=None, help="default: shipped")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size)
@@ -352,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     if cache.is_file():
         dataset = torch.load(cache, weights_only=False)
     else:
-        dataset = build_mini_dataset(args.clips)
+        dataset = build_mini_dataset(args.clips, vae_weights=args.vae_weights)
         save_checkpoint(dataset, cache)
     print(
         f"{len(dataset.clips)} clips cached (latent scale {dataset.latent_scale:.3f}) "

@@ -140,6 +140,14 @@ def test_cache_latents_packs_into_buckets_and_normalises(tmp_path):
     for clip in data.clips:
         assert clip.mean.shape == (16, (clip.bucket.frames - 1) // 4 + 1, 4, 4)
         assert clip.text.shape == (32, 64)
-    means = torch.cat([rearrange(c.mean, "c t h w -> (c t h w)") for c in data.clips])
-    assert abs((means * data.latent_scale).std().item() - 1) < 1e-4
+    g = torch.Generator().manual_seed(0)
+    samples = torch.cat(
+        [
+            rearrange(
+                c.mean + c.std * torch.randn(c.mean.shape, generator=g), "c t h w -> (c t h w)"
+            )
+            for c in data.clips
+        ]
+    )
+    assert abs((samples * data.latent_scale).std().item() - 1) < 0.02
     assert data.empty_text.abs().sum() == 0
