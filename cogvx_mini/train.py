@@ -372,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     result = train(model, dataset, cfg, args.out, max_seconds=max_seconds)
     ema, steps = result.ema, result.step
+    if steps < cfg.steps:
+        print(f"stopped at the time limit after step {steps}; run again to continue")
     meta = {
         "transformer_config": json.dumps(dataclasses.asdict(TransformerConfig.mini())),
         "snr_shift_scale": str(cfg.snr_shift_scale),
@@ -383,7 +385,19 @@ def main(argv: list[str] | None = None) -> None:
     if args.ship:
         shipped = save_weights(ema.state_dict(), ASSETS / WEIGHTS_NAME, metadata=meta)
         print(f"shipped: {shipped}")
-    print(f"mean loss of the last 100 steps: {_tail_mean(args.out):.4f}")
+    log = {
+        "steps": steps,
+        "batch_size": cfg.batch_size,
+        "clips": len(dataset.clips),
+        "buckets": sorted({str(c.bucket) for c in dataset.clips}),
+        "minutes": round((time.perf_counter() - start) / 60, 1),
+        "threads": args.threads,
+        "losses": [round(x, 5) for x in result.losses],
+        "tracker_edges": result.tracker.edges(),
+        "tracker_means": [round(float(x), 5) for x in result.tracker.means()],
+    }
+    (args.out / "train_log.json").write_text(json.dumps(log) + "\n")
+    print(f"mean loss of the last 100 steps: {_tail_mean(args.out):.4f}; log: train_log.json")
 
 
 def _tail_mean(out: Path) -> float:
