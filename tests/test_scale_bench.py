@@ -57,6 +57,13 @@ def _sharded_load(rank, world, path):
     materialize(wrapper, torch.device("cpu"), seed=0)
     shard = next(wrapper.parameters())
     assert shard.to_local().shape[0] * world == shard.shape[0]  # really sharded
+    # The benchmark's initialisation does not depend on the sharding.
+    with torch.device("meta"):
+        whole = ParallelTransformer(CogVideoXTransformer(_config()))
+    materialize(whole, torch.device("cpu"), seed=0)
+    drawn = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True))
+    for k, v in whole.state_dict().items():
+        assert torch.equal(drawn[k], v), k
     load_full_state_dict(wrapper, load_weights(path) if rank == 0 else {})
     full = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True))
     if rank == 0:
