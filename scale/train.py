@@ -256,6 +256,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-export", action="store_true", help="skip writing the full weights at the end"
     )
+    parser.add_argument(
+        "--no-checkpoints", action="store_true", help="never save a checkpoint (still resumes)"
+    )
     return parser.parse_args(argv)
 
 
@@ -397,7 +400,8 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
         stop = args.stop_after is not None and step + 1 >= args.stop_after
-        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps or stop:
+        due = (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps or stop
+        if due and not args.no_checkpoints:
             save_checkpoint(ckpt_dir, step + 1, wrapper, optimizer, ema, config, d)
         if stop:
             bar.close()
