@@ -4,12 +4,25 @@ Each scene holds 1-3 objects (shape, colour, size) that move in a straight line 
 background. A scene renders at any resolution and any frame count, and its caption is written from
 its parameters ("a small red circle moves left while a large blue square moves up"). Everything is
 deterministic by seed, so the same data set exists on every machine without a download.
+
+Some colour-direction pairs (``HELD_OUT``) never occur in the training split, so a model that
+generates "a red circle moves left" from the words alone composes a colour and a motion it has
+only seen separately. ``judge(video, caption)`` reads the objects back from the pixels (colour,
+area, fill of the bounding box, centroid track) and scores how well a video follows its caption:
+the mini model's text-alignment metric. ``write_dataset`` writes the world out as real video files
+plus a captions JSONL, and ``VideoFolder`` reads such a folder, or a user's, back.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
-from dataclasses import dataclass
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -63,14 +76,37 @@ class ToyScene:
         return " while ".join(o.phrase() for o in self.objects)
 
 
-def sample_scene(seed: int, max_objects: int = 3) -> ToyScene:
-    """Draw a scene deterministically from ``seed`` with 1..``max_objects`` objects."""
+# Colour-direction pairs that never appear in the training split (compositional generalisation).
+HELD_OUT: frozenset[tuple[str, str]] = frozenset(
+    {("red", "left"), ("green", "up"), ("blue", "right"), ("yellow", "down")}
+)
+SPLITS = ("all", "train", "held_out")
+
+
+def sample_scene(seed: int, max_objects: int = 3, split: str = "all") -> ToyScene:
+    """Draw a scene deterministically from ``seed`` with 1..``max_objects`` objects.
+
+    ``split="all"`` draws freely; ``"train"`` never pairs a colour with a direction of
+    ``HELD_OUT`` (such a direction is redrawn among the others); ``"held_out"`` makes the first
+    object one of the ``HELD_OUT`` pairs.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"expected split in {SPLITS}, got {split!r}")
     rng = random.Random(seed)
     n = rng.randint(1, max_objects)
-    colours = rng.sample(sorted(COLOURS), n)
+    if split == "held_out":
+        first_colour, first_direction = rng.choice(sorted(HELD_OUT))
+        others = rng.sample(sorted(set(COLOURS) - {first_colour}), n - 1)
+        colours = [first_colour, *others]
+    else:
+        colours = rng.sample(sorted(COLOURS), n)
     objects = []
-    for colour in colours:
+    for i, colour in enumerate(colours):
         direction = rng.choice(sorted(DIRECTIONS))
+        if split == "held_out" and i == 0:
+            direction = first_direction
+        elif split == "train" and (colour, direction) in HELD_OUT:
+            direction = rng.choice(sorted(d for d in DIRECTIONS if (colour, d) not in HELD_OUT))
         size = rng.choice(sorted(SIZES))
         dy, dx = DIRECTIONS[direction]
         lo = SIZES[size] + 0.02
@@ -82,9 +118,17 @@ def sample_scene(seed: int, max_objects: int = 3) -> ToyScene:
 
 
 def _coverage(
-    obj: ToyObject, cy: float, cx: float, yy: torch.Tensor, xx: torch.Tensor, px: float
+    obj: ToyObject,
+    cy: torch.Tensor,
+    cx: torch.Tensor,
+    yy: torch.Tensor,
+    xx: torch.Tensor,
+    px: float,
 ) -> torch.Tensor:
-    """Soft (anti-aliased) coverage in [0, 1] of ``obj`` centred at (cy, cx); px = pixel size."""
+    """Soft (anti-aliased) coverage in [0, 1] of ``obj`` centred at (cy, cx); px = pixel size.
+
+    ``cy``, ``cx`` are ``[T, 1, 1]`` and ``yy``, ``xx`` ``[H, W]``: coverage is ``[T, H, W]``.
+    """
     r = SIZES[obj.size]
     dy, dx = yy - cy, xx - cx
     if obj.shape == "circle":
@@ -113,17 +157,289 @@ def render(scene: ToyScene, frames: int, height: int, width: int) -> torch.Tenso
     yy, xx = torch.meshgrid(yy, xx, indexing="ij")
     video = torch.empty(3, frames, height, width)
     video[:] = torch.tensor(BACKGROUND).view(3, 1, 1, 1)
-    for t in range(frames):
-        progress = t / max(frames - 1, 1)
-        for obj in scene.objects:
-            cy, cx = obj.centre(progress)
-            alpha = _coverage(obj, cy, cx, yy, xx, 1.0 / side)
-            colour = torch.tensor(COLOURS[obj.colour]).view(3, 1, 1)
-            video[:, t] = video[:, t] * (1 - alpha) + colour * alpha
+    progress = torch.arange(frames, dtype=torch.float64) / max(frames - 1, 1)
+    for obj in scene.objects:
+        dy, dx = DIRECTIONS[obj.direction]
+        # Centres of all frames at once, [T, 1, 1], so coverage is [T, H, W] in one pass.
+        cy = (obj.start[0] + TRAVEL * progress * dy).float().view(-1, 1, 1)
+        cx = (obj.start[1] + TRAVEL * progress * dx).float().view(-1, 1, 1)
+        alpha = _coverage(obj, cy, cx, yy, xx, 1.0 / side)
+        colour = torch.tensor(COLOURS[obj.colour]).view(3, 1, 1, 1)
+        video = video * (1 - alpha) + colour * alpha
     return video * 2 - 1
 
 
-def sample_video(seed: int, frames: int = 17, height: int = 64, width: int = 64):
+def sample_video(
+    seed: int, frames: int = 17, height: int = 64, width: int = 64, split: str = "all"
+):
     """Scene drawn from ``seed`` and rendered: ``(video [3, T, H, W] in [-1, 1], caption)``."""
-    scene = sample_scene(seed)
+    scene = sample_scene(seed, split=split)
     return render(scene, frames, height, width), scene.caption
+
+
+# ---------------------------------------------------------------------------------------------
+# Captions back to objects, and the judge
+# ---------------------------------------------------------------------------------------------
+_PHRASE = re.compile(
+    rf"(?:an?\s+)?({'|'.join(SIZES)})\s+({'|'.join(COLOURS)})\s+({'|'.join(SHAPES)})"
+    rf"\s+moves\s+({'|'.join(DIRECTIONS)})"
+)
+
+
+def parse_caption(caption: str) -> list[tuple[str, str, str, str]]:
+    """``(size, colour, shape, direction)`` of each object a caption names, in order.
+
+    Raises ``ValueError`` for a caption outside the toy world's grammar.
+    """
+    found = _PHRASE.findall(caption.lower())
+    if not found:
+        raise ValueError(
+            "expected a caption like 'a small red circle moves left while a large blue square "
+            f"moves up', got {caption!r}"
+        )
+    return [tuple(f) for f in found]
+
+
+_NAMES = ("background", *COLOURS)
+_PALETTE = torch.tensor([BACKGROUND, *COLOURS.values()])  # [7, 3] in [0, 1]
+
+
+def _palette_labels(video: torch.Tensor) -> torch.Tensor:
+    """Label each pixel of ``[3, T, H, W]`` (in [-1, 1]) with its palette index, or -1.
+
+    A pixel takes the nearest palette colour only if it is closer to it than half the distance
+    from that colour to any other, so blended edges and washed-out pixels stay unlabelled.
+    """
+    rgb = (video.float().clamp(-1, 1) + 1) / 2
+    dist = torch.cdist(rgb.flatten(1).T, _PALETTE)  # [T*H*W, 7]
+    best, idx = dist.min(1)
+    between = torch.cdist(_PALETTE, _PALETTE) + torch.eye(len(_PALETTE)) * 9
+    idx = torch.where(best < between.min(1).values[idx] / 2, idx, -1)
+    return idx.view(video.shape[1:])
+
+
+def _shape_of(mask: torch.Tensor) -> str:
+    """Classify one object's 2D mask as circle, square or (upward) triangle.
+
+    A triangle has far less mass in the upper half of its bounding box than in the lower half;
+    a square fills its box, a circle ~pi/4 of it. Rows and columns with < 2 pixels are ignored
+    when finding the box, so stray pixels do not stretch it.
+    """
+    rows = torch.nonzero(mask.sum(1) >= 2).flatten()
+    cols = torch.nonzero(mask.sum(0) >= 2).flatten()
+    if len(rows) < 2 or len(cols) < 2:
+        return "none"
+    box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].float()
+    half = box.shape[0] // 2
+    upper, lower = box[:half].sum(), box[box.shape[0] - half :].sum()
+    if upper < 0.6 * lower:
+        return "triangle"
+    return "square" if box.mean() > 0.88 else "circle"
+
+
+_AREA: dict[tuple[str, str, str, int, int], float] = {}
+
+
+def _reference_area(shape: str, size: str, colour: str, height: int, width: int) -> float:
+    """Pixels the judge finds for one object alone at the frame centre."""
+    key = (shape, size, colour, height, width)
+    if key not in _AREA:
+        obj = ToyObject(shape, colour, size, "right", (0.5, 0.5 - TRAVEL / 2))
+        frame = render(ToyScene((obj,)), 3, height, width)[:, 1:2]
+        _AREA[key] = float((_palette_labels(frame)[0] == _NAMES.index(colour)).sum())
+    return _AREA[key]
+
+
+@dataclass
+class ObjectVerdict:
+    """What the judge found for one captioned object (all False when it is absent)."""
+
+    size: str
+    colour: str
+    shape: str
+    direction: str
+    present: bool = False
+    size_ok: bool = False
+    shape_ok: bool = False
+    direction_ok: bool = False
+    track: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        return (self.present + self.size_ok + self.shape_ok + self.direction_ok) / 4
+
+
+@dataclass
+class Verdict:
+    """The judge's reading of one video: per-object verdicts, extra colours, and the score."""
+
+    objects: list[ObjectVerdict]
+    extra_colours: list[str]
+
+    @property
+    def score(self) -> float:
+        """Sum of object scores over (captioned objects + uncaptioned colours present)."""
+        return sum(o.score for o in self.objects) / (len(self.objects) + len(self.extra_colours))
+
+
+def _present_frames(labels: torch.Tensor, index: int, min_area: float) -> torch.Tensor:
+    return (labels == index).flatten(1).sum(1) >= min_area
+
+
+def judge_details(video: torch.Tensor, caption: str) -> Verdict:
+    """Read the captioned objects back from ``video`` ``[3, T, H, W]`` (or ``[1, 3, T, H, W]``).
+
+    For each object: **colour** present (enough pixels of it in at least half the frames);
+    **size** (upper-quartile area over frames nearer the captioned size's reference area than
+    the other size's); **shape** (majority vote of a per-frame classification, see
+    :func:`_shape_of`); **direction** (least-squares centroid motion along the captioned
+    direction over at least 40% of the expected travel, and mostly along it).
+    """
+    if video.ndim == 5:
+        video = video[0]
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"expected a video [3, T, H, W], got {tuple(video.shape)}")
+    _, frames, height, width = video.shape
+    side = min(height, width)
+    labels = _palette_labels(video)
+    min_area = 0.3 * min(
+        _reference_area(s, z, "white", height, width) for s in SHAPES for z in SIZES
+    )
+    yy, xx = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32),
+        torch.arange(width, dtype=torch.float32),
+        indexing="ij",
+    )
+    verdicts = []
+    for size, colour, shape, direction in parse_caption(caption):
+        v = ObjectVerdict(size, colour, shape, direction)
+        verdicts.append(v)
+        index = _NAMES.index(colour)
+        present = _present_frames(labels, index, min_area)
+        if present.sum() < max(1, frames / 2):
+            continue
+        v.present = True
+        areas, shapes, times = [], [], []
+        for t in torch.nonzero(present).flatten().tolist():
+            mask = labels[t] == index
+            area = mask.sum().float()
+            areas.append(float(area))
+            shapes.append(_shape_of(mask))
+            v.track.append((float((mask * yy).sum() / area), float((mask * xx).sum() / area)))
+            times.append(t / max(frames - 1, 1))
+        # Occlusion by a later-drawn object only removes pixels: judge size on fuller frames.
+        area = torch.tensor(areas).quantile(0.75).item()
+        ref_area = {z: _reference_area(shape, z, colour, height, width) for z in SIZES}
+        v.size_ok = min(SIZES, key=lambda z: abs(math.log(area / ref_area[z]))) == size
+        v.shape_ok = max(SHAPES, key=shapes.count) == shape
+        if len(times) >= 2:
+            tt = torch.tensor(times)
+            track = torch.tensor(v.track)  # [n, 2] (y, x) in pixels
+            tc = tt - tt.mean()
+            slope = (tc[:, None] * (track - track.mean(0))).sum(0) / tc.pow(2).sum().clamp(min=1e-9)
+            ey, ex = DIRECTIONS[direction]
+            along = float(slope[0] * ey + slope[1] * ex)
+            across = float(abs(slope[0] * ex - slope[1] * ey))
+            v.direction_ok = along >= 0.4 * TRAVEL * side and across <= 0.5 * along
+    named = {o.colour for o in verdicts}
+    extra = [
+        c
+        for c in COLOURS
+        if c not in named
+        and _present_frames(labels, _NAMES.index(c), min_area).sum() >= max(1, frames / 2)
+    ]
+    return Verdict(verdicts, extra)
+
+
+def judge(video: torch.Tensor, caption: str) -> float:
+    """Text-alignment score in [0, 1] of ``video`` ``[3, T, H, W]`` for ``caption``.
+
+    The mean over captioned objects of four checks (colour present, size, shape, direction),
+    with each uncaptioned colour found in the video counted as a missed object; see
+    :func:`judge_details`. Ground truth scores ~1; a random caption scores ~0.15.
+    """
+    return judge_details(video, caption).score
+
+
+# ---------------------------------------------------------------------------------------------
+# The world as files, and a loader for any folder of videos + captions
+# ---------------------------------------------------------------------------------------------
+def write_dataset(
+    root: str | Path,
+    count: int,
+    frames: int = 17,
+    height: int = 64,
+    width: int = 64,
+    split: str = "train",
+    fmt: str = "mp4",
+    first_seed: int = 0,
+    fps: int = 8,
+) -> Path:
+    """Render ``count`` scenes (seeds ``first_seed`` ..) to ``root/videos/`` and caption them.
+
+    Writes ``root/captions.jsonl`` with one ``{"video", "caption", "seed"}`` object per line
+    (video paths relative to ``root``) and returns its path.
+    """
+    from cogvx_mini.video_io import save_video
+
+    if fmt not in ("mp4", "gif"):
+        raise ValueError(f"expected fmt 'mp4' or 'gif', got {fmt!r}")
+    root = Path(root)
+    lines = []
+    for seed in range(first_seed, first_seed + count):
+        video, caption = sample_video(seed, frames, height, width, split=split)
+        rel = f"videos/{seed:06d}.{fmt}"
+        save_video(video, root / rel, fps=fps)
+        lines.append(json.dumps({"video": rel, "caption": caption, "seed": seed}))
+    path = root / "captions.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class VideoFolder:
+    """A folder of videos with captions, read lazily: iterate to get ``(video, caption)``.
+
+    The folder holds either ``captions.jsonl`` (lines ``{"video": relative path, "caption": ...}``,
+    as :func:`write_dataset` writes) or the line-aligned pair ``videos.txt`` + ``prompts.txt``
+    of CogVideoX's fine-tuning scripts. Videos come as ``[3, T, H, W]`` in [-1, 1]. A video that
+    cannot be read is skipped with a warning and recorded in ``skipped`` (path, reason).
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        jsonl = self.root / "captions.jsonl"
+        if jsonl.is_file():
+            entries = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+            self.entries = [(self.root / e["video"], e["caption"]) for e in entries]
+        elif (self.root / "videos.txt").is_file() and (self.root / "prompts.txt").is_file():
+            videos = (self.root / "videos.txt").read_text().splitlines()
+            prompts = (self.root / "prompts.txt").read_text().splitlines()
+            if len(videos) != len(prompts):
+                raise ValueError(
+                    f"expected as many lines in videos.txt as in prompts.txt, got "
+                    f"{len(videos)} and {len(prompts)}"
+                )
+            self.entries = [
+                (self.root / v.strip(), p.strip()) for v, p in zip(videos, prompts, strict=True)
+            ]
+        else:
+            raise FileNotFoundError(
+                f"expected {jsonl} or videos.txt + prompts.txt in {self.root}, found neither"
+            )
+        self.skipped: list[tuple[Path, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
+        from cogvx_mini.video_io import read_video
+
+        self.skipped = []
+        for path, caption in self.entries:
+            try:
+                video = read_video(path)
+            except (ValueError, OSError) as err:
+                warnings.warn(f"skipping unreadable video {path}: {err}", stacklevel=2)
+                self.skipped.append((path, str(err)))
+                continue
+            yield video, caption

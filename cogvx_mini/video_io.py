@@ -5,6 +5,7 @@ Videos here are tensors ``[C, T, H, W]`` or ``[B, C, T, H, W]`` (B = 1) with val
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +55,31 @@ def film_strip(video: torch.Tensor, max_frames: int = 9) -> np.ndarray:
     frames = to_uint8_frames(video)
     idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
     return rearrange(frames[idx], "n h w c -> h (n w) c")
+
+
+def read_video(path: str | Path) -> torch.Tensor:
+    """Read a GIF/MP4 (anything imageio reads) as ``[3, T, H, W]`` float32 in [-1, 1].
+
+    Raises ``ValueError`` naming the file when it cannot be decoded.
+    """
+    import imageio.v3 as iio
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"cannot read video {path}: no such file")
+    try:
+        # Naming the format by suffix keeps imageio from probing every plugin on a broken file.
+        ext = path.suffix.lower() if path.suffix.lower() in (".gif", ".mp4") else None
+        with warnings.catch_warnings():  # plugins imageio tries on a broken file warn noisily
+            warnings.simplefilter("ignore", DeprecationWarning)
+            frames = np.asarray(iio.imread(path, index=None, extension=ext))
+    except Exception as err:  # imageio raises many types for a broken file
+        raise ValueError(f"cannot read video {path}: {err}") from err
+    if frames.ndim == 3:  # one grey frame or one frame without a time axis
+        frames = frames[None] if frames.shape[-1] in (3, 4) else frames[..., None]
+    if frames.ndim != 4 or frames.shape[0] == 0:
+        raise ValueError(f"cannot read video {path}: got an array of shape {frames.shape}")
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    frames = torch.from_numpy(frames[..., :3].astype(np.float32))
+    return rearrange(frames, "t h w c -> c t h w") / 127.5 - 1

@@ -1,0 +1,137 @@
+"""Text encoders behind one interface: ``encoder.encode(prompts) -> [B, L, D]``.
+
+CogVideoX conditions on T5-XXL: each prompt is tokenised, padded (or truncated) to 226 tokens and
+encoded to 4096-d vectors; padding tokens are encoded too and the transformer attends to them (no
+mask). The empty prompt ``""`` gives the unconditional embedding of classifier-free guidance.
+
+* :class:`ToyTextEncoder` is the mini model's: frozen, deterministic, with no weights to ship.
+  Every word gets a fixed random vector derived from the word itself, plus the encoding of its
+  position and of its clause (``"... while ..."`` separates objects), so "red" in the first clause
+  and "red" in the second are different vectors that the transformer can bind to the right
+  motion.
+* :class:`T5TextEncoder` runs a real T5 encoder through ``transformers``, loaded only from a local
+  folder (a diffusers model folder with ``tokenizer/`` and ``text_encoder/``, or one folder holding
+  both); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+
+class TextEncoder(Protocol):
+    """What the pipeline and the training loop need from a text encoder."""
+
+    max_length: int
+    dim: int
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Embeddings ``[B, max_length, dim]`` (float32) of ``B`` prompts."""
+        ...
+
+
+def _sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal encoding ``[N, dim]`` of integer ``positions`` ``[N]``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+    angles = positions.double()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+class ToyTextEncoder:
+    """Frozen deterministic text encoder for the mini model: ``encode(prompts) -> [B, L, D]``.
+
+    A token is a lower-cased word. Its vector is ``word + 0.5 position + clause`` where ``word``
+    is a unit Gaussian vector seeded by the word's CRC32 (any word works; the same word is the
+    same vector on every machine), ``position`` a sinusoidal encoding of its index and ``clause``
+    a fixed random vector for the clause number (clauses are split at "while"). Padding tokens
+    are zero vectors, and the empty prompt is all padding: the unconditional embedding.
+    """
+
+    def __init__(self, dim: int = 64, max_length: int = 32):
+        if dim % 2:
+            raise ValueError(f"expected an even embedding dim, got {dim}")
+        self.dim, self.max_length = dim, max_length
+        self._clauses = torch.randn(8, dim, generator=torch.Generator().manual_seed(1234))
+        self._clauses /= dim**0.5
+        self._positions = _sinusoid(torch.arange(max_length), dim) * 0.5
+
+    def word_vector(self, word: str) -> torch.Tensor:
+        """The fixed vector ``[dim]`` of one word (norm ~1)."""
+        g = torch.Generator().manual_seed(zlib.crc32(word.encode()))
+        return torch.randn(self.dim, generator=g) / self.dim**0.5
+
+    def tokens(self, prompt: str) -> list[str]:
+        return re.findall(r"[a-z0-9]+", prompt.lower())
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """Embeddings ``[B, max_length, dim]``; words beyond ``max_length`` are truncated."""
+        if isinstance(prompts, str):
+            raise TypeError("expected a list of prompts, got one string; wrap it in a list")
+        out = torch.zeros(len(prompts), self.max_length, self.dim)
+        for b, prompt in enumerate(prompts):
+            clause = 0
+            for i, word in enumerate(self.tokens(prompt)[: self.max_length]):
+                if word == "while":
+                    clause += 1
+                c = self._clauses[min(clause, len(self._clauses) - 1)]
+                out[b, i] = self.word_vector(word) + self._positions[i] + c
+        return out
+
+
+def _find(folder: Path, name: str) -> Path:
+    return folder / name if (folder / name).is_dir() else folder
+
+
+class T5TextEncoder:
+    """A T5 encoder from a local folder: ``encode(prompts) -> [B, max_length, d_model]``.
+
+    ``folder`` is a diffusers model folder (``tokenizer/``, ``text_encoder/``) or one folder with
+    the tokenizer and encoder files. Prompts are padded to ``max_length`` (226 in CogVideoX) and
+    encoded without an attention mask, as diffusers' CogVideoX pipeline does, so the embeddings
+    are the same.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        max_length: int = 226,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        from transformers import AutoTokenizer, T5EncoderModel
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"expected a local folder with a T5 tokenizer and encoder, got {folder}"
+            )
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            _find(folder, "tokenizer"), local_files_only=True
+        )
+        self.model = T5EncoderModel.from_pretrained(
+            _find(folder, "text_encoder"), local_files_only=True, torch_dtype=dtype
+        )
+        self.model.to(device).eval().requires_grad_(False)
+        self.max_length, self.dim = max_length, self.model.config.d_model
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        if isinstance(prompts, str):
+            raise TypeError("expected a list of prompts, got one string; wrap it in a list")
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.model(ids.to(self.device))[0]

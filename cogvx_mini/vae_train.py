@@ -1,0 +1,224 @@
+"""Training the VAE on toy-world videos: L1 + KL, optional perceptual and GAN terms.
+
+    python -m cogvx_mini.vae_train --out runs/vae --steps 2000             # the 3D mini VAE
+    python -m cogvx_mini.vae_train --out runs/vae2d --steps 2000 --per-frame  # the 2D baseline
+
+The loss is ``|x - x̂|₁ + kl_weight · KL / (pixels)`` (+ ``perceptual_weight · P(x̂, x)`` with a
+user-supplied network ``P``: LPIPS, which CogVideoX uses, needs pretrained weights that cannot be
+downloaded here) (+ ``gan_weight`` · a hinge GAN loss against a small 3D patch discriminator,
+from ``gan_start`` on). Batches are random crops of procedural videos whose seeds come from the
+step number, so a resumed run sees exactly the batches an uninterrupted one would; the state
+(model, optimisers, step) is saved atomically every ``save_every`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from cogvx_mini.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from cogvx_mini.toyworld import sample_video
+from cogvx_mini.vae import VAE3D, VAEConfig
+from cogvx_mini.vae_2d import per_frame_config, psnr
+
+HELD_OUT_SEED = 1_000_000  # evaluation seeds start here; training seeds stay below
+
+
+@dataclass
+class VAETrainConfig:
+    steps: int = 2000
+    batch: int = 4
+    frames: int = 17
+    size: int = 64  # rendered frame size
+    crop: int = 32  # training crop (the VAE is fully convolutional)
+    lr: float = 1e-3
+    warmup: int = 50
+    kl_weight: float = 1e-3
+    perceptual_weight: float = 0.0
+    gan_weight: float = 0.0
+    gan_start: int = 1000
+    seed: int = 0
+    save_every: int = 200
+    pool: int = 512  # distinct training scenes (rendered once, cached)
+    max_minutes: float = 0.0  # stop (and save) after this long; 0 = no limit
+
+
+class PatchDiscriminator3D(nn.Module):
+    """A small 3D patch discriminator: ``[B, 3, T, H, W]`` -> logits ``[B, 1, T', H/8, W/8]``."""
+
+    def __init__(self, channels: int = 32) -> None:
+        super().__init__()
+        c = channels
+        self.net = nn.Sequential(
+            nn.Conv3d(3, c, 3, stride=(1, 2, 2), padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv3d(c, 2 * c, 3, stride=(2, 2, 2), padding=1),
+            nn.GroupNorm(8, 2 * c),
+            nn.LeakyReLU(0.2),
+            nn.Conv3d(2 * c, 2 * c, 3, stride=(2, 2, 2), padding=1),
+            nn.GroupNorm(8, 2 * c),
+            nn.LeakyReLU(0.2),
+            nn.Conv3d(2 * c, 1, 3, padding=1),
+        )
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.net(video)
+
+
+@functools.lru_cache(maxsize=1024)
+def _scene_video(seed: int, frames: int, size: int) -> torch.Tensor:
+    return sample_video(seed, frames, size, size)[0].half()  # cached in half to save memory
+
+
+def training_batch(step: int, cfg: VAETrainConfig) -> torch.Tensor:
+    """Batch ``[B, 3, frames, crop, crop]`` for ``step``: toy videos cropped at random, all drawn
+    from ``(cfg.seed, step)`` so that the batch of a step never depends on the run's history."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    videos = []
+    for _ in range(cfg.batch):
+        seed = int(torch.randint(0, cfg.pool, (1,), generator=g))
+        video = _scene_video(seed, cfg.frames, cfg.size).float()
+        y, x = (int(v) for v in torch.randint(0, cfg.size - cfg.crop + 1, (2,), generator=g))
+        video = video[:, :, y : y + cfg.crop, x : x + cfg.crop]
+        if torch.rand((), generator=g) < 0.5:
+            video = video.flip(-1)
+        videos.append(video)
+    return torch.stack(videos)
+
+
+def held_out_videos(n: int, frames: int = 17, size: int = 64) -> torch.Tensor:
+    """``n`` evaluation videos ``[n, 3, frames, size, size]`` from seeds never trained on."""
+    return torch.stack([sample_video(HELD_OUT_SEED + i, frames, size, size)[0] for i in range(n)])
+
+
+@torch.no_grad()
+def evaluate(vae: VAE3D, videos: torch.Tensor) -> dict[str, float]:
+    """Mean reconstruction PSNR (dB) and latent std (posterior means) over ``videos``."""
+    was_training = vae.training
+    vae.eval()
+    psnrs, latents = [], []
+    for video in videos.split(1):
+        z = vae.encode(video).mean
+        psnrs.append(psnr(vae.decode(z), video))
+        latents.append(z.flatten())
+    vae.train(was_training)
+    return {"psnr": torch.cat(psnrs).mean().item(), "latent_std": torch.cat(latents).std().item()}
+
+
+def train_vae(
+    vae: VAE3D,
+    cfg: VAETrainConfig,
+    out: str | Path | None = None,
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Train ``vae`` in place for ``cfg.steps`` steps; returns the reconstruction loss per step.
+
+    With ``out``, state is saved atomically to ``out/state.pt`` every ``cfg.save_every`` steps and
+    at the end, and an existing ``out/state.pt`` is resumed. ``perceptual(x̂, x) -> scalar`` is an
+    optional perceptual loss network on videos ``[B, 3, T, H, W]``.
+    """
+    if cfg.perceptual_weight > 0 and perceptual is None:
+        raise ValueError("perceptual_weight > 0 needs a perceptual network (LPIPS is not shipped)")
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    disc = PatchDiscriminator3D() if cfg.gan_weight > 0 else None
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if disc else None
+    step, losses = 0, []
+    path = Path(out) / "state.pt" if out is not None else None
+    if path is not None and path.exists():
+        state = load_checkpoint(path)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        if disc is not None and "disc" in state:
+            disc.load_state_dict(state["disc"])
+            opt_d.load_state_dict(state["opt_d"])
+        step, losses = state["step"], state["losses"]
+        torch.set_rng_state(state["rng"])
+
+    def save() -> None:
+        if path is None:
+            return
+        state = {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}
+        state.update(losses=losses, rng=torch.get_rng_state(), config=asdict(cfg))
+        if disc is not None:
+            state.update(disc=disc.state_dict(), opt_d=opt_d.state_dict())
+        save_checkpoint(state, path)
+
+    vae.train()
+    start = time.perf_counter()
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="vae")
+    while step < cfg.steps:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        x = training_batch(step, cfg)
+        posterior = vae.encode(x)
+        recon = vae.decode(posterior.sample())
+        rec = (recon - x).abs().mean()
+        loss = rec + cfg.kl_weight * posterior.kl().mean() / x[0].numel()
+        if perceptual is not None and cfg.perceptual_weight > 0:
+            loss = loss + cfg.perceptual_weight * perceptual(recon, x)
+        use_gan = disc is not None and step >= cfg.gan_start
+        if use_gan:
+            loss = loss - cfg.gan_weight * disc(recon).mean()  # hinge generator loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if use_gan:
+            d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(recon.detach())).mean()
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        losses.append(rec.item())
+        step += 1
+        bar.update(1)
+        bar.set_postfix(l1=f"{rec.item():.4f}")
+        out_of_time = cfg.max_minutes > 0 and time.perf_counter() - start > 60 * cfg.max_minutes
+        if step % cfg.save_every == 0 or step == cfg.steps or out_of_time:
+            save()
+        if out_of_time:
+            break
+    bar.close()
+    vae.eval()
+    return losses
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for state.pt and the exported weights")
+    p.add_argument("--per-frame", action="store_true", help="train the per-frame 2D baseline")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--eval-videos", type=int, default=16)
+    for name, f in VAETrainConfig.__dataclass_fields__.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(f.default), default=f.default)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = VAETrainConfig(**{k: getattr(args, k) for k in VAETrainConfig.__dataclass_fields__})
+    model_cfg = per_frame_config() if args.per_frame else VAEConfig.mini()
+    vae = VAE3D(model_cfg)
+    start = time.perf_counter()
+    train_vae(vae, cfg, args.out)
+    minutes = (time.perf_counter() - start) / 60
+    metrics = evaluate(vae, held_out_videos(args.eval_videos))
+    name = "vae2d_mini.safetensors" if args.per_frame else "vae_mini.safetensors"
+    meta = {k: str(v) for k, v in {**asdict(cfg), **metrics, "minutes": minutes}.items()}
+    save_weights(vae.state_dict(), Path(args.out) / name, metadata=meta)
+    print(
+        f"{name}: held-out PSNR {metrics['psnr']:.2f} dB, latent std "
+        f"{metrics['latent_std']:.3f}, {minutes:.1f} min this run"
+    )
+
+
+if __name__ == "__main__":
+    main()
