@@ -195,12 +195,12 @@ def build(
     On the CPU every rank builds the whole model from the same seed (so runs on any number of
     processes start from identical weights). On CUDA it is built on the ``meta`` device, sharded,
     then allocated and initialised shard by shard on the GPU. ``train.init_from`` loads a
-    cogvx_mini state dict (read by rank 0 only on CUDA, then broadcast). ``on_meta`` forces
-    one path or the other (the benchmark uses the meta path on the CPU too);
+    cogvx_mini state dict or a diffusers folder (on CUDA read by rank 0 only, then broadcast).
+    ``on_meta`` forces one path or the other (the benchmark uses the meta path on the CPU too);
     ``independent_init``: weights that do not depend on the sharding (see ``materialize``).
     """
     from cogvx_mini.transformer import CogVideoXTransformer
-    from scale.model import load_transformer_weights
+    from scale.model import check_state_dict, load_transformer_weights, read_init_weights
 
     tcfg = config.transformer_config()
     p = config.parallel
@@ -221,11 +221,9 @@ def build(
         materialize(wrapper, init_device, config.train.seed, independent_init)
         if config.train.init_from:
             state = {}
-            if d.is_main:
-                with torch.device("meta"):
-                    reference = CogVideoXTransformer(tcfg)
-                load_transformer_weights(reference, config.train.init_from, assign=True)
-                state = reference.state_dict()
+            if d.is_main:  # rank 0 reads the file; the others receive their shards
+                state = read_init_weights(config.train.init_from)
+                check_state_dict(model, state, config.train.init_from)
             load_full_state_dict(wrapper, state)
     return wrapper, tcfg
 
