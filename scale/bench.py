@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (at least 1)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
@@ -74,7 +74,7 @@ def run(config, d, args, path) -> dict:
     from cogvx_mini.transformer import count_parameters, forward_flops
     from scale.train import build
 
-    wrapper, tcfg = build(config, d, on_meta=True)
+    wrapper, tcfg = build(config, d, on_meta=True, independent_init=True)
     dp = check_world(config, d.world, tcfg.num_heads, tcfg.patch_size)
     micro = config.train.micro_batch
     frames, height, width = config.data.buckets[0]
@@ -91,19 +91,24 @@ def run(config, d, args, path) -> dict:
     )
     cuda = d.device.type == "cuda"
 
-    def one_step() -> None:
+    def one_step() -> torch.Tensor:
         if args.mode == "fwd":
             with torch.no_grad():
-                wrapper(latents, text, timesteps)
-            return
-        out = wrapper(latents, text, timesteps)
-        (out.float() - target).pow(2).mean().backward()
+                return (wrapper(latents, text, timesteps).float() - target).pow(2).mean()
+        loss = (wrapper(latents, text, timesteps).float() - target).pow(2).mean()
+        loss.backward()
         if args.mode == "step":
             torch.nn.utils.clip_grad_norm_(wrapper.parameters(), o.grad_clip)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
-    for _ in range(args.warmup):
+    # The loss before any update, averaged over ranks: the same for every parallel layout with
+    # the same data-parallel degree (the weights and each dp rank's inputs do not depend on it).
+    first_loss = one_step().reshape(1)
+    dist.all_reduce(first_loss)
+    first_loss = first_loss.item() / d.world
+    for _ in range(args.warmup - 1):
         one_step()
     if cuda:
         torch.cuda.synchronize()
@@ -140,6 +145,7 @@ def run(config, d, args, path) -> dict:
         "activation_checkpointing": config.parallel.activation_checkpointing,
         "compile": config.parallel.compile,
         "cpu_offload": config.parallel.cpu_offload,
+        "first_loss": first_loss,
         "time_per_step_s": per_step,
         "times_s": times,
         "samples_per_s": dp * micro / per_step,
@@ -156,7 +162,8 @@ def run(config, d, args, path) -> dict:
             f"(dp {dp} x cp {d.cp}, micro-batch {micro}, "
             f"ckpt {config.parallel.activation_checkpointing}, compile {config.parallel.compile}, "
             f"offload {config.parallel.cpu_offload}): {per_step:.3f} s/step, "
-            f"{tflops_per_gpu:.1f} TFLOP/s per GPU, MFU {mfu}, peak memory {mem}",
+            f"{tflops_per_gpu:.1f} TFLOP/s per GPU, MFU {mfu}, peak memory {mem}, "
+            f"first loss {first_loss:.6f}",
             flush=True,
         )
         if args.json:

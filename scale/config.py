@@ -80,8 +80,9 @@ class OptimSection:
 @dataclass
 class TrainSection:
     """Steps and batch sizes. ``global_batch`` = data-parallel ranks x ``micro_batch`` x
-    accumulation steps; ``init_from``: a cogvx_mini transformer state dict (safetensors) to
-    fine-tune from; ``peak_tflops``: the accelerator's dense peak, for MFU (0: not reported)."""
+    accumulation steps. ``init_from``: weights to fine-tune from, a cogvx_mini transformer state
+    dict (safetensors) or a released model's diffusers folder. ``peak_tflops``: the
+    accelerator's dense peak, for MFU (0: not reported)."""
 
     steps: int = 1000
     global_batch: int = 8

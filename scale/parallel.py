@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -308,35 +309,49 @@ def apply_fsdp(
 
 
 @torch.no_grad()
-def materialize(wrapper: ParallelTransformer, device: torch.device, seed: int) -> None:
+def materialize(
+    wrapper: ParallelTransformer, device: torch.device, seed: int, independent: bool = False
+) -> None:
     """Allocate a model built on the ``meta`` device (and sharded) on ``device`` and initialise it
     there: every rank allocates only its shards, so no host ever holds the whole 5B model.
 
-    On an accelerator: LayerNorms and linears get their defaults, then the model's own
-    ``reset_parameters`` (AdaLN-zero), through DTensor's sharded random generator (values depend
-    on the sharding, unlike a CPU initialisation). With ``device="cpu"`` (FSDP's CPU offload, or
-    a CPU run) each local shard is drawn from N(0, 0.02) (LayerNorm weights 1, biases 0), which
-    is fine for benchmarks; fine-tune from weights (``train.init_from``) rather than train 5B from
-    scratch with offload.
+    Default: LayerNorms and linears get their defaults, then the model's own ``reset_parameters``
+    (AdaLN-zero), through DTensor's sharded random generator (values depend on the sharding,
+    unlike a CPU initialisation). ``independent=True`` (benchmarks, and always with ``device``
+    ``cpu``, i.e. FSDP's CPU offload): each parameter is drawn whole from a generator seeded by
+    its name — N(0, 0.02), LayerNorm weights 1, biases 0 — and this rank keeps its shard, so the
+    weights are the same for any number of GPUs and any parallel layout. Not the model's
+    initialisation: fine-tune from weights (``train.init_from``) rather than train from scratch
+    with CPU offload.
     """
     wrapper.to_empty(device=device)
-    torch.manual_seed(seed)
     model = wrapper.model
-    if device.type != "cpu":
+    if device.type != "cpu" and not independent:
+        torch.manual_seed(seed)
         for module in model.modules():
             if module is not model and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         model.reset_parameters()
         return
-    generator = torch.Generator().manual_seed(seed + dist.get_rank())
+    from torch.distributed.tensor import distribute_tensor
+
+    draw_on = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     for name, param in model.named_parameters():
-        local = param.to_local() if hasattr(param, "to_local") else param
+        full = torch.empty(param.shape, device=draw_on)
         if name.endswith("bias"):
-            local.zero_()
+            full.zero_()
         elif param.ndim == 1:
-            local.fill_(1.0)
+            full.fill_(1.0)
         else:
-            local.normal_(0.0, 0.02, generator=generator)
+            g = torch.Generator(device=draw_on).manual_seed(
+                seed * 1_000_003 + zlib.crc32(name.encode())
+            )
+            full.normal_(0.0, 0.02, generator=g)
+        if hasattr(param, "to_local"):
+            local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(local.to_local())
+        else:
+            param.copy_(full)
 
 
 def load_full_state_dict(wrapper: ParallelTransformer, state: dict[str, torch.Tensor]) -> None:
