@@ -122,7 +122,7 @@ def run(config, d, args, path) -> dict:
             torch.cuda.synchronize()
         dist.barrier()
         times.append(time.perf_counter() - tick)
-    peak = torch.tensor(torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
+    peak = torch.tensor(torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0, device=d.device)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     per_step = statistics.median(times)
     flops = forward_flops(tcfg, *lat[1:], text_len, micro)["total"] * dp  # samples of one step
