@@ -47,11 +47,11 @@ def _sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
 class ToyTextEncoder:
     """Frozen deterministic text encoder for the mini model: ``encode(prompts) -> [B, L, D]``.
 
-    A token is a lower-cased word. Its vector is ``word + 0.5 position + clause`` where ``word``
-    is a unit Gaussian vector seeded by the word's CRC32 (any word works; the same word is the
-    same vector on every machine), ``position`` a sinusoidal encoding of its index and ``clause``
-    a fixed random vector for the clause number (clauses are split at "while"). Padding tokens
-    are zero vectors, and the empty prompt is all padding: the unconditional embedding.
+    A token is a lower-cased word. Its vector is ``word + position + clause``: ``word`` is a
+    Gaussian vector of norm ~1 seeded by the word's CRC32 (any word works; the same word is the
+    same vector on every machine), ``position`` a sinusoidal encoding of its index (norm 0.5),
+    ``clause`` a fixed random vector (norm ~1) for the clause number (split at "while"). Padding
+    tokens are zero vectors, and the empty prompt is all padding: the unconditional embedding.
     """
 
     def __init__(self, dim: int = 64, max_length: int = 32):
@@ -60,7 +60,8 @@ class ToyTextEncoder:
         self.dim, self.max_length = dim, max_length
         self._clauses = torch.randn(8, dim, generator=torch.Generator().manual_seed(1234))
         self._clauses /= dim**0.5
-        self._positions = _sinusoid(torch.arange(max_length), dim) * 0.5
+        # Scaled to norm 0.5: the word itself stays the largest part of each vector.
+        self._positions = _sinusoid(torch.arange(max_length), dim) * (0.5 / (dim / 2) ** 0.5)
 
     def word_vector(self, word: str) -> torch.Tensor:
         """The fixed vector ``[dim]`` of one word (norm ~1)."""

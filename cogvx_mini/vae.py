@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -505,7 +505,24 @@ class VAE3D(nn.Module):
             raise ValueError(f"expected latents [B, {c}, T', h, w], got shape {tuple(z.shape)}")
 
     # -- chunked encode / decode --------------------------------------------------------------
+    @property
+    def per_frame(self) -> bool:
+        """True for a per-frame (2D) configuration: no time kernel, compression or chunks."""
+        cfg = self.config
+        return (cfg.time_kernel, cfg.temporal_compression) == (1, 1) and (
+            cfg.encode_chunk_frames,
+            cfg.decode_chunk_latents,
+        ) == (1, 1)
+
+    def _fold_frames(self, run, x: torch.Tensor) -> torch.Tensor:
+        # Chunks of one frame are independent images: run them as one batch (same result).
+        b = x.shape[0]
+        y = run(rearrange(x, "b c t h w -> (b t) c 1 h w"), ChunkContext(zq=None))
+        return rearrange(y, "(b t) c 1 h w -> b c t h w", b=b)
+
     def _encode_frames(self, video: torch.Tensor) -> torch.Tensor:
+        if self.per_frame:
+            return self._fold_frames(self.encoder, video)
         ctx = ChunkContext(time_slice=self.time_slice)
         out = []
         for i, (s, e) in enumerate(
@@ -516,6 +533,8 @@ class VAE3D(nn.Module):
         return torch.cat(out, dim=2)
 
     def _decode_frames(self, z: torch.Tensor) -> torch.Tensor:
+        if self.per_frame:
+            return self._fold_frames(lambda zq, ctx: self.decoder(zq, replace(ctx, zq=zq)), z)
         ctx = ChunkContext(time_slice=self.time_slice)
         chunks = temporal_chunks(z.shape[2], self.config.decode_chunk_latents)
         out = None

@@ -1,0 +1,164 @@
+"""Text to video: prompts -> text embeddings -> DDIM with classifier-free guidance -> VAE decode.
+
+    from cogvx_mini.pipeline import generate, load_mini
+    videos = generate(["a small red circle moves left"], load_mini())   # [1, 3, 17, 64, 64]
+
+The sampler starts from pure Gaussian latents ``[B, 16, T', H/8, W/8]`` at ``t = 999`` (zero
+terminal SNR: exactly what training showed the model there), runs ``steps`` DDIM steps with
+trailing spacing, mixing the conditional and unconditional (empty-prompt) v-predictions with
+the guidance scale, divides by the latent scale and decodes with the VAE.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cogvx_mini.diffusion import NoiseSchedule, ddim_sample
+from cogvx_mini.shapes import check_frame_count
+
+
+@dataclass
+class Pipeline:
+    """The pieces of a text-to-video model. ``latent_scale`` multiplies VAE latents for the
+    transformer (the VAE's ``scaling_factor`` in CogVideoX)."""
+
+    transformer: nn.Module
+    vae: nn.Module
+    text_encoder: object
+    schedule: NoiseSchedule
+    latent_scale: float = 1.0
+    latent_channels: int = 16
+    spatial_compression: int = 8
+    temporal_compression: int = 4
+
+
+def load_mini(weights: str | Path | None = None, vae_weights: str | Path | None = None) -> Pipeline:
+    """The shipped mini model: transformer weights + config from ``transformer_mini.safetensors``
+    (or ``weights``), the mini VAE and the toy text encoder; eval mode, CPU, float32."""
+    from safetensors import safe_open
+
+    from cogvx_mini.text_encoder import ToyTextEncoder
+    from cogvx_mini.train import ASSETS, WEIGHTS_NAME
+    from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+    from cogvx_mini.vae import load_mini_vae
+
+    path = Path(weights) if weights is not None else ASSETS / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no transformer weights at {path}: run `make train`")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    model = CogVideoXTransformer(TransformerConfig(**json.loads(meta["transformer_config"])))
+    model.load_state_dict(state)
+    text = ToyTextEncoder(model.config.text_dim, model.config.max_text_len)
+    return Pipeline(
+        model.eval().requires_grad_(False),
+        load_mini_vae(vae_weights),
+        text,
+        NoiseSchedule(snr_shift_scale=float(meta["snr_shift_scale"])),
+        float(meta["latent_scale"]),
+    )
+
+
+@torch.no_grad()
+def generate(
+    prompts: list[str],
+    pipe: Pipeline,
+    *,
+    frames: int = 17,
+    height: int = 64,
+    width: int = 64,
+    steps: int = 50,
+    guidance: float = 6.0,
+    seed: int = 0,
+    negative_prompt: str = "",
+    dynamic_cfg: bool = False,
+    progress: bool = True,
+    return_latents: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Videos ``[B, 3, frames, height, width]`` in [-1, 1] for ``B`` prompts.
+
+    ``guidance`` is the CFG scale (1 = conditional only, no unconditional pass); the
+    unconditional branch uses ``negative_prompt`` (empty by default, as in training's caption
+    dropout). The initial noise comes from ``seed``. With ``return_latents`` also returns the
+    sampled latents ``[B, C, T', h, w]`` (already divided by the latent scale).
+    """
+    if isinstance(prompts, str):
+        raise TypeError("expected a list of prompts, got one string; wrap it in a list")
+    check_frame_count(frames, pipe.temporal_compression)
+    s = pipe.spatial_compression
+    if height % s or width % s:
+        raise ValueError(f"expected height and width divisible by {s}, got {height}x{width}")
+    b = len(prompts)
+    shape = (
+        b,
+        pipe.latent_channels,
+        (frames - 1) // pipe.temporal_compression + 1,
+        height // s,
+        width // s,
+    )
+    device = next(pipe.transformer.parameters()).device
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    cond = pipe.text_encoder.encode(list(prompts)).to(device)
+    uncond = pipe.text_encoder.encode([negative_prompt] * b).to(device)
+
+    def model_fn(x, t):
+        return pipe.transformer(x, cond, t).float()
+
+    def uncond_fn(x, t):
+        return pipe.transformer(x, uncond, t).float()
+
+    latents = ddim_sample(
+        model_fn,
+        noise,
+        steps,
+        guidance,
+        uncond_fn=uncond_fn if guidance != 1.0 else None,
+        schedule=pipe.schedule,
+        dynamic_cfg=dynamic_cfg,
+        progress=progress,
+    )
+    latents = latents / pipe.latent_scale
+    videos = pipe.vae.decode(latents).clamp(-1, 1).float().cpu()
+    return (videos, latents.cpu()) if return_latents else videos
+
+
+def evaluation_prompts(split: str, count: int, first_seed: int = 10_000) -> list[str]:
+    """``count`` toy-world captions of ``split`` ("train": seen pairs only, "held_out": each with
+    a colour-direction pair never seen in training), from seeds no training clip used."""
+    from cogvx_mini.toyworld import sample_scene
+
+    return [sample_scene(first_seed + i, split=split).caption for i in range(count)]
+
+
+def judge_scores(
+    pipe: Pipeline, prompts: list[str], batch_size: int = 16, **generate_kwargs
+) -> list[float]:
+    """The toy-world judge's score of a generated video for each prompt (text alignment)."""
+    from cogvx_mini.toyworld import judge
+
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        videos = generate(chunk, pipe, **{"progress": False, **generate_kwargs})
+        scores += [judge(v, p) for v, p in zip(videos, chunk, strict=True)]
+    return scores
+
+
+def save_videos(
+    videos: torch.Tensor, out_dir: str | Path, names: list[str], fmt: str = "gif", fps: int = 8
+) -> list[Path]:
+    """Write each video of ``[B, 3, T, H, W]`` to ``out_dir/<name>.<fmt>`` (GIF or MP4)."""
+    from cogvx_mini.video_io import save_video
+
+    if len(names) != len(videos):
+        raise ValueError(f"expected {len(videos)} names, got {len(names)}")
+    return [
+        save_video(v, Path(out_dir) / f"{n}.{fmt}", fps=fps)
+        for v, n in zip(videos, names, strict=True)
+    ]

@@ -1,0 +1,153 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from cogvx_mini.checkpoint import load_checkpoint
+from cogvx_mini.frame_pack import Bucket
+from cogvx_mini.text_encoder import ToyTextEncoder
+from cogvx_mini.train import (
+    EpochPlan,
+    LatentClip,
+    LatentDataset,
+    NaNLossError,
+    TrainConfig,
+    cache_latents,
+    toy_clips,
+    train,
+)
+from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+
+
+class PoolVAE:
+    """Stand-in for the frozen VAE: 4x8x8 average pooling to 16 channels (shapes as the VAE)."""
+
+    class Posterior:
+        def __init__(self, mean):
+            self.mean, self.std = mean, torch.full_like(mean, 0.05)
+
+    def eval(self):
+        return self
+
+    def encode(self, video):
+        first, rest = video[:, :, :1], video[:, :, 1:]
+        pooled = [F.avg_pool3d(first, (1, 8, 8))]
+        if rest.shape[2]:
+            pooled.append(F.avg_pool3d(rest, (4, 8, 8)))
+        z = torch.cat(pooled, dim=2)
+        return self.Posterior(torch.cat([z] * 5 + [z[:, :1]], dim=1))
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return CogVideoXTransformer(
+        TransformerConfig.mini(num_layers=1, num_heads=2, head_dim=16, time_embed_dim=32)
+    )
+
+
+def random_dataset(n=12):
+    g = torch.Generator().manual_seed(0)
+    enc = ToyTextEncoder()
+    buckets = [Bucket(5, 32, 32), Bucket(9, 32, 32)]
+    # One fixed latent per bucket (a learnable data set: white noise would not be).
+    protos = {b: torch.randn(16, (b.frames - 1) // 4 + 1, 4, 4, generator=g) for b in buckets}
+    clips = []
+    for i in range(n):
+        b = buckets[i % 2]
+        mean = protos[b] + 0.1 * torch.randn(protos[b].shape, generator=g)
+        clips.append(
+            LatentClip(
+                mean, torch.full_like(mean, 0.1), enc.encode(["a red circle"])[0], "a red circle", b
+            )
+        )
+    return LatentDataset(clips, enc.encode([""])[0], 1.0)
+
+
+CFG = TrainConfig(steps=12, batch_size=4, warmup=3, checkpoint_every=5, timestep_strata=4)
+
+
+def test_resume_after_a_crash_gives_the_same_losses(tmp_path):
+    data = random_dataset()
+    full = train(tiny_model(), data, CFG, tmp_path / "full", progress=False)
+
+    def crash(step, loss):
+        if step == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_model(), data, CFG, tmp_path / "cut", progress=False, on_step=crash)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 5
+    resumed = train(tiny_model(), data, CFG, tmp_path / "cut", progress=False)
+    assert resumed.step == full.step == 12
+    assert resumed.losses == full.losses  # bit-for-bit, every step
+    for a, b in zip(resumed.ema.state_dict().values(), full.ema.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(resumed.tracker.means(), full.tracker.means(), equal_nan=True)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    data = random_dataset()
+    train(tiny_model(), data, CFG, tmp_path, progress=False, stop_at=5)
+    with pytest.raises(ValueError, match="another TrainConfig"):
+        train(tiny_model(), data, TrainConfig(steps=12, batch_size=2), tmp_path, progress=False)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    data = random_dataset()
+    model = tiny_model()
+    poisoned = {"on": False}
+    forward = model.forward
+    model.forward = lambda *a: forward(*a) * (torch.nan if poisoned["on"] else 1.0)
+
+    def poison(step, loss):
+        poisoned["on"] = step >= 7
+
+    with pytest.raises(NaNLossError, match="step 7.*last good checkpoint"):
+        train(model, data, CFG, tmp_path, progress=False, on_step=poison)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 5 and len(state["losses"]) == 5
+    assert all(torch.isfinite(torch.tensor(state["losses"])))
+
+
+def test_training_lowers_the_loss_and_tracks_timesteps(tmp_path):
+    data = random_dataset(8)
+    cfg = TrainConfig(
+        steps=60, batch_size=4, lr=1e-2, warmup=5, checkpoint_every=100, timestep_strata=4
+    )
+    result = train(tiny_model(), data, cfg, tmp_path, progress=False)
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    assert last < 0.9 * first, (first, last)
+    assert result.tracker.counts.sum() == 60 * 4
+
+
+def test_epoch_plan_batches_have_one_bucket_and_cover_the_data():
+    data = random_dataset(12)
+    plan = EpochPlan(data, 4, seed=0)
+    seen = []
+    for step in range(plan.per_epoch):
+        bucket, idx = plan.batch(step)
+        assert {data.clips[i].bucket for i in idx} == {bucket}
+        seen += idx
+    assert sorted(seen) == list(range(12))
+    assert plan.batch(plan.per_epoch) != plan.batch(0) or plan.per_epoch == 1
+
+
+def test_cache_latents_packs_into_buckets_and_normalises(tmp_path):
+    buckets = [Bucket(9, 32, 32), Bucket(17, 32, 32)]
+    clips = list(toy_clips(6, lengths=(7, 13, 20), height=32, width=32))
+    data = cache_latents(clips, PoolVAE(), ToyTextEncoder(), buckets, progress=False)
+    assert len(data.clips) == 6
+    for clip in data.clips:
+        assert clip.mean.shape == (16, (clip.bucket.frames - 1) // 4 + 1, 4, 4)
+        assert clip.text.shape == (32, 64)
+    g = torch.Generator().manual_seed(0)
+    samples = torch.cat(
+        [
+            rearrange(
+                c.mean + c.std * torch.randn(c.mean.shape, generator=g), "c t h w -> (c t h w)"
+            )
+            for c in data.clips
+        ]
+    )
+    assert abs((samples * data.latent_scale).std().item() - 1) < 0.02
+    assert data.empty_text.abs().sum() == 0
