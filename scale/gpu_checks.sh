@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of issues 7 and 8, one group per call (each under 10 minutes).
 #
-#   bash scale/gpu_checks.sh 2b       OUT   # 1 GPU: 2B full step (full / selective ckpt, compiled)
+#   bash scale/gpu_checks.sh 2b       OUT   # 1 GPU: 2B full step (selective / full ckpt, compiled)
 #   bash scale/gpu_checks.sh 5b       OUT   # 1 GPU: 5B fwd+bwd, 5B full step with CPU offload
 #   bash scale/gpu_checks.sh scaling  OUT   # N GPUs: 5B FSDP weak scaling 1..N, full steps
 #   bash scale/gpu_checks.sh cp97     OUT   # N GPUs: 5B context parallel 2, 4, 8 at 97 frames
@@ -34,8 +34,8 @@ bench() {  # bench NAME NPROC ARGS...
 
 case "$GROUP" in
 2b)
-  bench 2b_step 1 --config $C2
-  bench 2b_step_selective 1 --config $C2 --set parallel.activation_checkpointing=selective
+  bench 2b_step 1 --config $C2  # selective checkpointing (the config's default)
+  bench 2b_step_full_ckpt 1 --config $C2 --set parallel.activation_checkpointing=full
   bench 2b_step_compiled 1 --config $C2 --set parallel.compile=true --warmup 3
   ;;
 5b)
