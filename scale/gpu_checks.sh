@@ -54,8 +54,9 @@ cp97 | cp193)
     bench "5b_fwd_${frames}f_cp1" 1 --config $C5 --mode fwd --frames "$frames" --steps 2 --warmup 1
     for cp in 2 4 8; do
       [ "$cp" -le "$NGPU" ] || continue
+      # full checkpointing: the least activation memory next to 1/cp of the 5B states
       bench "5b_step_${frames}f_cp${cp}" "$cp" --config $C5 --frames "$frames" \
-        --set parallel.cp="$cp" --steps 2 --warmup 1
+        --set parallel.cp="$cp" --set parallel.activation_checkpointing=full --steps 2 --warmup 1
     done
   done
   ;;
