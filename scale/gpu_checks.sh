@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# The GPU measurements of issues 7 and 8, one group per call (each well under 10 minutes).
+# The GPU measurements of issues 7 and 8, one group per call (each under 10 minutes).
 #
-#   bash scale/gpu_checks.sh single   OUT   # one GPU: 2B full step, 5B fwd+bwd, 5B offloaded step
+#   bash scale/gpu_checks.sh 2b       OUT   # 1 GPU: 2B full step (selective / full ckpt, compiled)
+#   bash scale/gpu_checks.sh 5b       OUT   # 1 GPU: 5B fwd+bwd, 5B full step with CPU offload
 #   bash scale/gpu_checks.sh scaling  OUT   # N GPUs: 5B FSDP weak scaling 1..N, full steps
-#   bash scale/gpu_checks.sh cp       OUT   # N GPUs: context parallel 2, 4, 8 at 97 / 193 frames
-#   bash scale/gpu_checks.sh resume   OUT   # N GPUs: 2B DCP checkpoint at N GPUs resumed at N/2
+#   bash scale/gpu_checks.sh cp97     OUT   # N GPUs: 5B context parallel 2, 4, 8 at 97 frames
+#   bash scale/gpu_checks.sh cp193    OUT   # N GPUs: the same at 193 frames
+#   bash scale/gpu_checks.sh resume   OUT   # N GPUs: 2B DCP checkpoint on N GPUs resumed on N/2
 #
 # Every benchmark writes OUT/<name>.json and prints one line; `python scale/gpu_checks.py OUT`
-# prints the table. Weights are drawn independently of the sharding, so "first loss" must agree
-# between layouts with the same data-parallel degree.
+# prints the table (run at the end of each group). Weights are drawn independently of the
+# sharding, so "first loss" must agree between layouts with the same data-parallel degree.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-GROUP=${1:?usage: bash scale/gpu_checks.sh single|scaling|cp|resume OUT}
-OUT=${2:?usage: bash scale/gpu_checks.sh single|scaling|cp|resume OUT}
+USAGE="usage: bash scale/gpu_checks.sh 2b|5b|scaling|cp97|cp193|resume OUT"
+GROUP=${1:?$USAGE}
+OUT=${2:?$USAGE}
 mkdir -p "$OUT"
 NGPU=${NGPU:-$(python -c "import torch; print(torch.cuda.device_count())")}
 C2=${C2:-scale/configs/cogvideox_2b.yaml}  # overridable for a CPU dry run
@@ -30,10 +33,12 @@ bench() {  # bench NAME NPROC ARGS...
 }
 
 case "$GROUP" in
-single)
-  bench 2b_step 1 --config $C2
-  bench 2b_step_selective 1 --config $C2 --set parallel.activation_checkpointing=selective
+2b)
+  bench 2b_step 1 --config $C2  # selective checkpointing (the config's default)
+  bench 2b_step_full_ckpt 1 --config $C2 --set parallel.activation_checkpointing=full
   bench 2b_step_compiled 1 --config $C2 --set parallel.compile=true --warmup 3
+  ;;
+5b)
   bench 5b_fwdbwd 1 --config $C5 --mode fwdbwd
   bench 5b_step_offload 1 --config $C5 --set parallel.cpu_offload=true --steps 2 --warmup 1
   ;;
@@ -44,13 +49,14 @@ scaling)
     [ "$n" -ge 2 ] && bench "5b_step_${n}gpu" "$n" --config $C5 --steps 3
   done
   ;;
-cp)
-  for frames in 97 193; do
+cp97 | cp193)
+  for frames in ${GROUP#cp}; do
     bench "5b_fwd_${frames}f_cp1" 1 --config $C5 --mode fwd --frames "$frames" --steps 2 --warmup 1
     for cp in 2 4 8; do
       [ "$cp" -le "$NGPU" ] || continue
+      # full checkpointing: the least activation memory next to 1/cp of the 5B states
       bench "5b_step_${frames}f_cp${cp}" "$cp" --config $C5 --frames "$frames" \
-        --set parallel.cp="$cp" --steps 2 --warmup 1
+        --set parallel.cp="$cp" --set parallel.activation_checkpointing=full --steps 2 --warmup 1
     done
   done
   ;;

@@ -1,7 +1,8 @@
 """Videos + captions -> cached VAE latents and text embeddings, sharded and resumable.
 
     torchrun --nproc_per_node=8 scale/precompute.py --videos DIR --out CACHE \
-        --config scale/configs/cogvideox_5b.yaml --vae-weights vae.safetensors --t5 /path/to/t5
+        --config scale/configs/cogvideox_5b.yaml --vae-weights /weights/CogVideoX-5b \
+        --t5 /weights/CogVideoX-5b              # a released model's diffusers folder
     python scale/precompute.py --videos DIR --out CACHE --config scale/configs/tiny.yaml \
         --vae-weights mini --text-encoder toy                        # the toy world on a CPU
 
@@ -154,14 +155,20 @@ def precompute(
 
 
 def build_video_encoder(weights: str, preset: str, device: torch.device) -> VideoEncoder:
-    """The cogvx_mini VAE: ``weights`` is ``mini`` (the shipped mini VAE) or a safetensors path
-    of a cogvx_mini VAE state dict of ``preset`` (``mini`` or ``cogvideox``). Returns
-    ``encode(video [1, 3, T, H, W]) -> latents [16, T', H/8, W/8]`` (posterior mean x scaling)."""
+    """The cogvx_mini VAE: ``weights`` is ``mini`` (the shipped mini VAE), a released model's
+    diffusers folder (its ``vae/``, converted; the scaling factor is the model's own), or a
+    safetensors path of a cogvx_mini VAE state dict of ``preset`` (``mini`` or ``cogvideox``).
+    Returns ``encode(video [1, 3, T, H, W]) -> latents [16, T', H/8, W/8]`` (posterior mean x
+    scaling factor)."""
     from cogvx_mini.checkpoint import load_weights
     from cogvx_mini.vae import VAE3D, VAEConfig
 
     if weights == "mini":
         vae = VAE3D.from_pretrained_mini()
+    elif Path(weights).is_dir():
+        from cogvx_mini.weights import vae_from_diffusers
+
+        vae = vae_from_diffusers(weights)
     else:
         vae = VAE3D(VAEConfig.mini() if preset == "mini" else VAEConfig.cogvideox())
         vae.load_state_dict(load_weights(weights))
@@ -192,9 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--videos", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--vae-weights", required=True, help="'mini' or a safetensors path")
+    parser.add_argument(
+        "--vae-weights", required=True, help="'mini', a diffusers folder or a safetensors path"
+    )
     parser.add_argument("--vae-config", choices=("mini", "cogvideox"), default=None)
-    parser.add_argument("--t5", default=None, help="local T5 folder (default: toy encoder)")
+    parser.add_argument(
+        "--t5", default=None, help="local T5 or diffusers folder (default: the toy encoder)"
+    )
     parser.add_argument("--text-encoder", choices=("toy",), default=None)
     parser.add_argument("--shard-size", type=int, default=64)
     args = parser.parse_args(argv)

@@ -8,8 +8,8 @@
 embeddings) or ``toy`` (the toy world as pseudo-latents, for tests). ``--set key=value``
 overrides the config (``--set train.steps=100 --set parallel.cp=2``). The run resumes from the
 newest complete checkpoint under ``OUT/checkpoints`` unless ``--no-resume``; ``train.init_from``
-fine-tunes from a cogvx_mini transformer state dict (safetensors, e.g. converted released
-weights). Rank 0 shows a progress bar and writes ``OUT/metrics.jsonl``; at the end it writes
+fine-tunes from a cogvx_mini transformer state dict (safetensors) or a released model's diffusers
+folder. Rank 0 shows a progress bar and writes ``OUT/metrics.jsonl``; at the end it writes
 ``OUT/transformer.safetensors`` and ``OUT/transformer_ema.safetensors``.
 """
 
@@ -220,10 +220,16 @@ def build(
         init_device = torch.device("cpu") if offload else d.device
         materialize(wrapper, init_device, config.train.seed, independent_init)
         if config.train.init_from:
-            state = {}
+            state, error = {}, [None]
             if d.is_main:  # rank 0 reads the file; the others receive their shards
-                state = read_init_weights(config.train.init_from)
-                check_state_dict(model, state, config.train.init_from)
+                try:
+                    state = read_init_weights(config.train.init_from)
+                    check_state_dict(model, state, config.train.init_from)
+                except (OSError, ValueError) as err:
+                    error = [f"{type(err).__name__}: {err}"]
+            dist.broadcast_object_list(error, src=0)  # every rank fails, none waits forever
+            if error[0]:
+                raise ValueError(error[0])
             load_full_state_dict(wrapper, state)
     return wrapper, tcfg
 

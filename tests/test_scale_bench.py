@@ -1,6 +1,7 @@
 """scale/bench.py's CPU smoke mode, and loading released weights into a sharded model."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -99,3 +100,15 @@ def test_init_from_a_diffusers_folder(tmp_path):
         ours = model(latents, text, t)
         theirs = reference(latents.transpose(1, 2), text, t, return_dict=False)[0].transpose(1, 2)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_wrong_init_weights_stop_every_rank(tmp_path):
+    """Rank 0 reads ``train.init_from``; its error reaches the other rank instead of a hang."""
+    path = save_weights(CogVideoXTransformer(_config(num_layers=3)).state_dict(), tmp_path / "w")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    cmd += [str(ROOT / "scale" / "bench.py"), "--device", "cpu", "--set"]
+    cmd += [f"train.init_from={path}", "--steps", "1", "--warmup", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert run.returncode != 0
+    assert run.stderr.count("another transformer config") >= 2, run.stderr[-3000:]

@@ -114,3 +114,36 @@ def test_video_encoder_from_vae_weights(tmp_path):
     expected = vae.eval().encode(video[None]).mean[0] * vae.config.scaling_factor
     assert latents.shape == (16, 3, 4, 4)
     torch.testing.assert_close(latents, expected)
+
+
+def test_real_data_path_end_to_end(tmp_path):
+    """Toy world written as video files -> precompute CLI (mini VAE, toy text encoder) ->
+    ``torchrun scale/train.py --data CACHE`` on two processes."""
+    from scale_helpers import ROOT, torchrun
+
+    from cogvx_mini.toyworld import write_dataset
+    from scale import precompute as precompute_cli
+
+    write_dataset(tmp_path / "videos", 6, frames=9, height=32, width=32, fmt="gif")
+    torch.manual_seed(0)
+    vae_path = save_weights(VAE3D(VAEConfig.mini()).state_dict(), tmp_path / "vae.safetensors")
+    config = str(ROOT / "scale" / "configs" / "tiny.yaml")
+    precompute_cli.main(
+        ["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "cache"), "--config", config]
+        + ["--vae-weights", str(vae_path), "--vae-config", "mini", "--shard-size", "4"]
+    )
+    cache = LatentCache(tmp_path / "cache")
+    assert len(cache) == 6 and list(cache.buckets) == [(16, 3, 4, 4)]
+    out = tmp_path / "run"
+    args = ["--config", config, "--data", str(tmp_path / "cache"), "--out", str(out)]
+    args += [
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.global_batch=4",
+        "--set",
+        "train.micro_batch=2",
+    ]
+    log = torchrun(2, *args)
+    assert "dp=2 x cp=1), 6 samples in 1 buckets" in log.stdout
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
