@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from cogvx_mini.bench_transformer import matmul_peak  # noqa: E402
 from scale.config import check_world, load_config  # noqa: E402
 from scale.parallel import init_distributed  # noqa: E402
 
@@ -129,6 +130,8 @@ def run(config, d, args, path) -> dict:
     flops *= 1 if args.mode == "fwd" else 3
     tflops_per_gpu = flops / per_step / d.world / 1e12
     peak_tflops = config.train.peak_tflops
+    # The practical peak of this very GPU, measured now (the datasheet's is rarely reached).
+    matmul_tflops = matmul_peak(d.device, torch.bfloat16, 8192) / 1e12 if cuda else None
     n_video = lat[1] * (lat[2] // tcfg.patch_size) * (lat[3] // tcfg.patch_size)
     result = {
         "config": str(path),
@@ -151,10 +154,17 @@ def run(config, d, args, path) -> dict:
         "samples_per_s": dp * micro / per_step,
         "tflops_per_gpu": tflops_per_gpu,
         "mfu": tflops_per_gpu / peak_tflops if peak_tflops and cuda else None,
+        "matmul_peak_tflops": matmul_tflops,
+        "mfu_vs_measured_matmul": tflops_per_gpu / matmul_tflops if cuda else None,
         "peak_memory_gib": float(peak) if cuda else None,
     }
     if d.is_main:
         mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a (CPU)"
+        if cuda:
+            mfu += (
+                f" of {peak_tflops:.0f} (datasheet), {result['mfu_vs_measured_matmul']:.1%} "
+                f"of the {matmul_tflops:.0f} TFLOP/s measured for an 8192³ bf16 matmul"
+            )
         mem = f"{result['peak_memory_gib']:.1f} GiB" if cuda else "n/a (CPU)"
         print(
             f"{Path(path).stem} {args.mode} {frames}x{height}x{width} "
