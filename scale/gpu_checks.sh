@@ -13,26 +13,38 @@
 # sharding, so "first loss" must agree between layouts with the same data-parallel degree.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-USAGE="usage: bash scale/gpu_checks.sh 2b|5b|scaling|cp97|cp193|resume OUT"
+USAGE="usage: bash scale/gpu_checks.sh multi|2b|5b|scaling|cp97|cp193|resume OUT"
 GROUP=${1:?$USAGE}
 OUT=${2:?$USAGE}
 mkdir -p "$OUT"
 NGPU=${NGPU:-$(python -c "import torch; print(torch.cuda.device_count())")}
 C2=${C2:-scale/configs/cogvideox_2b.yaml}  # overridable for a CPU dry run
 C5=${C5:-scale/configs/cogvideox_5b.yaml}
+EXTRA=${EXTRA:-}  # appended to every run, e.g. EXTRA="--set parallel.compile=false"
 bench() {  # bench NAME NPROC ARGS...
   local name=$1 n=$2
   shift 2
   echo "== $name ($n GPU)"
   if [ "$n" -eq 1 ]; then
-    timeout 540 python scale/bench.py --json "$OUT/$name.json" "$@" 2>&1 | grep -v Warning | tail -3
+    timeout 540 python scale/bench.py --json "$OUT/$name.json" "$@" $EXTRA 2>&1 | grep -v Warning | tail -3
   else
     timeout 540 torchrun --nproc_per_node="$n" scale/bench.py --json "$OUT/$name.json" "$@" \
-      2>&1 | grep -v Warning | tail -3
+      $EXTRA 2>&1 | grep -v Warning | tail -3
   fi
 }
 
 case "$GROUP" in
+multi)  # the shortest proof on N GPUs: FSDP weak scaling, CP at 97 and 193 frames (then: resume)
+  for n in 1 2 4; do
+    [ "$n" -le "$NGPU" ] && bench "5b_fwdbwd_${n}gpu" "$n" --config $C5 --mode fwdbwd --steps 2 --warmup 1
+  done
+  bench "5b_step_${NGPU}gpu" "$NGPU" --config $C5 --steps 2 --warmup 1
+  for frames in 97 193; do
+    bench "5b_fwd_${frames}f_cp1" 1 --config $C5 --mode fwd --frames "$frames" --steps 2 --warmup 1
+    bench "5b_step_${frames}f_cp${NGPU}" "$NGPU" --config $C5 --frames "$frames" \
+      --set parallel.cp="$NGPU" --set parallel.activation_checkpointing=full --steps 2 --warmup 1
+  done
+  ;;
 2b)
   bench 2b_step 1 --config $C2  # selective checkpointing (the config's default)
   bench 2b_step_full_ckpt 1 --config $C2 --set parallel.activation_checkpointing=full
@@ -65,7 +77,7 @@ resume)
   # 2B keeps the checkpoint small (34 GB: fp32 weights, Adam, EMA); only the cut run saves one.
   common=(--config $C2 --data toy --no-export --set data.toy_samples=4
     --set train.steps=4 --set train.checkpoint_every=2 --set train.log_every=1
-    --set train.global_batch="$NGPU" --set train.micro_batch=1)
+    --set train.global_batch="$NGPU" --set train.micro_batch=1 $EXTRA)
   rm -rf "$OUT/resume_ref" "$OUT/resume_cut"
   timeout 540 torchrun --nproc_per_node="$NGPU" scale/train.py "${common[@]}" \
     --out "$OUT/resume_ref" --no-resume --no-checkpoints 2>&1 | grep -aE "step [0-9]+:|parameters on|Error" | tail -8
