@@ -74,7 +74,7 @@ class VAEConfig:
     def mini(cls) -> VAEConfig:
         """Same structure (8x8x4, 16 latent channels), narrow and shallow for a 2-core CPU."""
         return cls(
-            block_out_channels=(16, 32, 64, 64),
+            block_out_channels=(16, 32, 48, 48),
             layers_per_block=1,
             norm_groups=8,
             scaling_factor=1.0,
@@ -615,11 +615,23 @@ class VAE3D(nn.Module):
     def from_pretrained_mini(cls, path: str | None = None) -> VAE3D:
         """The mini VAE with the weights shipped in ``cogvx_mini/assets/vae_mini.safetensors``."""
         from cogvx_mini.assets import asset_path
-        from cogvx_mini.checkpoint import load_weights
 
-        vae = cls(VAEConfig.mini())
-        vae.load_state_dict(load_weights(path or asset_path("vae_mini.safetensors")))
-        return vae.eval()
+        return _load_shipped(cls, VAEConfig.mini(), path or asset_path("vae_mini.safetensors"))
+
+
+def _load_shipped(cls, config: VAEConfig, path) -> VAE3D:
+    """Weights plus the ``scaling_factor`` measured after training (safetensors metadata)."""
+    from safetensors import safe_open
+
+    from cogvx_mini.checkpoint import load_weights
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "scaling_factor" in meta:
+        config = replace(config, scaling_factor=float(meta["scaling_factor"]))
+    vae = cls(config)
+    vae.load_state_dict(load_weights(path))
+    return vae.eval()
 
 
 def load_mini_vae(path: str | None = None) -> VAE3D:
