@@ -581,16 +581,19 @@ class VAE3D(nn.Module):
     # -- spatial tiling -----------------------------------------------------------------------
     def _tiled(self, x: torch.Tensor, encode: bool) -> torch.Tensor:
         """Overlapping tiles, each run through all chunks, blended linearly over the overlap
-        (earlier tiles are blended into later ones in raster order, as diffusers does)."""
+        (earlier tiles are blended into later ones in raster order, as diffusers does).
+
+        Strides are whole latent pixels, so tiles of the input and of the output line up for any
+        tile size; for diffusers' default sizes this is exactly its tiling."""
         s = self.config.spatial_compression
         sample = self.config.tile_sample_size
         latent = tuple(int(v / s) for v in sample)
-        ov = self.config.tile_overlap
+        stride_latent = [int(latent[k] * (1 - self.config.tile_overlap[k])) for k in range(2)]
         tile_in = sample if encode else latent
         tile_out = latent if encode else sample
-        stride = tuple(int(tile_in[k] * (1 - ov[k])) for k in range(2))
-        blend = tuple(int(tile_out[k] * ov[k]) for k in range(2))
-        keep = tuple(tile_out[k] - blend[k] for k in range(2))
+        stride = tuple(v * s if encode else v for v in stride_latent)  # in input pixels
+        keep = tuple(v if encode else v * s for v in stride_latent)  # in output pixels
+        blend = tuple(tile_out[k] - keep[k] for k in range(2))
         run = self._encode_frames if encode else self._decode_frames
         rows = []
         for i in range(0, x.shape[3], stride[0]):
@@ -677,3 +680,31 @@ def vae_state_dict_from_diffusers(state_dict: dict[str, torch.Tensor]) -> dict[s
             new = re.sub(pattern, repl, new)
         out[new] = value
     return out
+
+
+def architecture_shapes(
+    config: VAEConfig, frames: int, height: int, width: int
+) -> list[tuple[str, tuple[int, ...]]]:
+    """``(layer, output shape)`` through encoder and decoder for one video taken as one chunk,
+    computed on the meta device (no memory, no compute: works for the full-size model on a CPU).
+    """
+    with torch.device("meta"):
+        vae = VAE3D(config)
+    named = ["encoder.conv_in", *[f"encoder.down.{i}" for i in range(len(vae.encoder.down))]]
+    named += ["encoder.mid", "encoder.conv_out", "decoder.conv_in", "decoder.mid"]
+    named += [f"decoder.up.{i}" for i in range(len(vae.decoder.up))] + ["decoder.conv_out"]
+    modules = dict(vae.named_modules())
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    hooks = []
+    for name in named:
+        module = modules[name][-1] if name.endswith("mid") else modules[name]
+        hooks.append(
+            module.register_forward_hook(lambda m, i, o, n=name: shapes.append((n, o.shape)))
+        )
+    video = torch.empty(1, config.in_channels, frames, height, width, device="meta")
+    moments = vae.encoder(video, ChunkContext())
+    z = moments[:, : config.latent_channels]
+    vae.decoder(z, ChunkContext(zq=z))
+    for h in hooks:
+        h.remove()
+    return [("video", tuple(video.shape))] + [(n, tuple(s)) for n, s in shapes]
