@@ -74,7 +74,7 @@ class VAEConfig:
     def mini(cls) -> VAEConfig:
         """Same structure (8x8x4, 16 latent channels), narrow and shallow for a 2-core CPU."""
         return cls(
-            block_out_channels=(16, 32, 64, 64),
+            block_out_channels=(16, 32, 48, 48),
             layers_per_block=1,
             norm_groups=8,
             scaling_factor=1.0,
@@ -164,13 +164,25 @@ def _group_stats(
     return mean, torch.rsqrt(var + eps)
 
 
-def _normalise(x: torch.Tensor, stats, norm: nn.GroupNorm) -> torch.Tensor:
-    """Apply GroupNorm with precomputed ``stats`` to a slice ``[B, C, t, H, W]`` (float32 out)."""
+def _normalise(x: torch.Tensor, stats, norm: nn.GroupNorm, scale=None, shift=None) -> torch.Tensor:
+    """``silu(GroupNorm(x) [* scale + shift])`` on a slice ``[B, C, t, H, W]`` with precomputed
+    ``stats``, in float32 and then cast back to ``x.dtype``.
+
+    The normalisation and the affine map fold into one multiply-add per element,
+    ``x * a + b`` with ``a = rstd * weight`` and ``b = bias - mean * a`` per (batch, channel);
+    without autograd the rest runs in place, so a slice costs one float32 temporary.
+    """
     mean, rstd = stats
-    xg = rearrange(x.float(), "b (g c) t h w -> b g c t h w", g=norm.num_groups)
-    y = (xg - mean[:, :, None, None, None, None]) * rstd[:, :, None, None, None, None]
-    y = rearrange(y, "b g c t h w -> b (g c) t h w")
-    return y * norm.weight.float()[:, None, None, None] + norm.bias.float()[:, None, None, None]
+    g = norm.num_groups
+    per_group = x.shape[1] // g
+    weight = rearrange(norm.weight.float(), "(g c) -> g c", g=g)
+    a = rearrange(rstd[:, :, None] * weight, "b g c -> b (g c)")
+    b = norm.bias.float() - torch.repeat_interleave(mean, per_group, dim=1) * a
+    y = torch.addcmul(b[:, :, None, None, None], x, a[:, :, None, None, None])
+    grad = torch.is_grad_enabled()
+    if scale is not None:
+        y = y * scale + shift if grad else y.mul_(scale).add_(shift)
+    return F.silu(y, inplace=not grad).to(x.dtype)
 
 
 def _nearest_time_index(frames_out: int, frames_in: int, split_first: bool) -> list[int]:
@@ -186,13 +198,14 @@ def _nearest_time_index(frames_out: int, frames_in: int, split_first: bool) -> l
 
 class GroupNorm3D(nn.GroupNorm):
     """GroupNorm over ``[B, C, T, H, W]`` (statistics over C/G, T, H, W) in two steps:
-    ``stats(x)`` over the chunk, then ``apply(slice, stats, ...)`` on any time slice."""
+    ``stats(x)`` over the chunk, then ``apply(slice, stats, ...)`` -> ``silu(norm(slice))`` on
+    any time slice (the SiLU that always follows is fused in)."""
 
     def stats(self, x: torch.Tensor, ctx: ChunkContext):
         return _group_stats(x, self.num_groups, self.eps, ctx.time_slice)
 
     def apply(self, x, stats, ctx: ChunkContext, start: int, frames: int) -> torch.Tensor:
-        return _normalise(x, stats, self).to(x.dtype)
+        return _normalise(x, stats, self)
 
 
 class SpatialNorm3D(nn.Module):
@@ -200,7 +213,8 @@ class SpatialNorm3D(nn.Module):
 
     ``zq`` ``[B, C_lat, T', h, w]`` is resized (nearest) to the feature map's ``T, H, W``; in the
     chunk holding the first frame, the first latent frame maps to the first feature frame only.
-    ``scale`` and ``shift`` are 1x1x1 convs, run on the latents before resizing.
+    ``scale`` and ``shift`` are 1x1x1 convs, run on the latents before resizing. Like
+    :class:`GroupNorm3D`, ``apply`` returns ``silu(norm(f) * scale + shift)`` for a time slice.
     """
 
     def __init__(self, channels: int, zq_channels: int, groups: int, eps: float = 1e-6) -> None:
@@ -223,11 +237,7 @@ class SpatialNorm3D(nn.Module):
         size = tuple(f.shape[2:])
         scale = F.interpolate(scale.index_select(2, idx), size=size)
         shift = F.interpolate(shift.index_select(2, idx), size=size)
-        return (_normalise(f, stats, self.norm) * scale + shift).to(f.dtype)
-
-    def forward(self, f: torch.Tensor, ctx: ChunkContext) -> torch.Tensor:
-        """``f [B, C, T, H, W]`` -> same shape (the whole chunk at once)."""
-        return self.apply(f, self.stats(f, ctx), ctx, 0, f.shape[2])
+        return _normalise(f, stats, self.norm, scale, shift)
 
 
 class ResnetBlock3D(nn.Module):
@@ -266,7 +276,7 @@ class ResnetBlock3D(nn.Module):
         out = None
         for s, e in slices:
             kw = {"mod": mod} if mod is not None else {}
-            a = F.silu(norm.apply(x[:, :, s:e], stats, ctx, s, x.shape[2], **kw))
+            a = norm.apply(x[:, :, s:e], stats, ctx, s, x.shape[2], **kw)  # norm + SiLU
             y = conv(a, ctx.cache)
             del a
             if len(slices) == 1:
@@ -581,16 +591,19 @@ class VAE3D(nn.Module):
     # -- spatial tiling -----------------------------------------------------------------------
     def _tiled(self, x: torch.Tensor, encode: bool) -> torch.Tensor:
         """Overlapping tiles, each run through all chunks, blended linearly over the overlap
-        (earlier tiles are blended into later ones in raster order, as diffusers does)."""
+        (earlier tiles are blended into later ones in raster order, as diffusers does).
+
+        Strides are whole latent pixels, so tiles of the input and of the output line up for any
+        tile size; for diffusers' default sizes this is exactly its tiling."""
         s = self.config.spatial_compression
         sample = self.config.tile_sample_size
         latent = tuple(int(v / s) for v in sample)
-        ov = self.config.tile_overlap
+        stride_latent = [int(latent[k] * (1 - self.config.tile_overlap[k])) for k in range(2)]
         tile_in = sample if encode else latent
         tile_out = latent if encode else sample
-        stride = tuple(int(tile_in[k] * (1 - ov[k])) for k in range(2))
-        blend = tuple(int(tile_out[k] * ov[k]) for k in range(2))
-        keep = tuple(tile_out[k] - blend[k] for k in range(2))
+        stride = tuple(v * s if encode else v for v in stride_latent)  # in input pixels
+        keep = tuple(v if encode else v * s for v in stride_latent)  # in output pixels
+        blend = tuple(tile_out[k] - keep[k] for k in range(2))
         run = self._encode_frames if encode else self._decode_frames
         rows = []
         for i in range(0, x.shape[3], stride[0]):
@@ -615,11 +628,23 @@ class VAE3D(nn.Module):
     def from_pretrained_mini(cls, path: str | None = None) -> VAE3D:
         """The mini VAE with the weights shipped in ``cogvx_mini/assets/vae_mini.safetensors``."""
         from cogvx_mini.assets import asset_path
-        from cogvx_mini.checkpoint import load_weights
 
-        vae = cls(VAEConfig.mini())
-        vae.load_state_dict(load_weights(path or asset_path("vae_mini.safetensors")))
-        return vae.eval()
+        return _load_shipped(cls, VAEConfig.mini(), path or asset_path("vae_mini.safetensors"))
+
+
+def _load_shipped(cls, config: VAEConfig, path) -> VAE3D:
+    """Weights plus the ``scaling_factor`` measured after training (safetensors metadata)."""
+    from safetensors import safe_open
+
+    from cogvx_mini.checkpoint import load_weights
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "scaling_factor" in meta:
+        config = replace(config, scaling_factor=float(meta["scaling_factor"]))
+    vae = cls(config)
+    vae.load_state_dict(load_weights(path))
+    return vae.eval()
 
 
 def load_mini_vae(path: str | None = None) -> VAE3D:
@@ -665,3 +690,31 @@ def vae_state_dict_from_diffusers(state_dict: dict[str, torch.Tensor]) -> dict[s
             new = re.sub(pattern, repl, new)
         out[new] = value
     return out
+
+
+def architecture_shapes(
+    config: VAEConfig, frames: int, height: int, width: int
+) -> list[tuple[str, tuple[int, ...]]]:
+    """``(layer, output shape)`` through encoder and decoder for one video taken as one chunk,
+    computed on the meta device (no memory, no compute: works for the full-size model on a CPU).
+    """
+    with torch.device("meta"):
+        vae = VAE3D(config)
+    named = ["encoder.conv_in", *[f"encoder.down.{i}" for i in range(len(vae.encoder.down))]]
+    named += ["encoder.mid", "encoder.conv_out", "decoder.conv_in", "decoder.mid"]
+    named += [f"decoder.up.{i}" for i in range(len(vae.decoder.up))] + ["decoder.conv_out"]
+    modules = dict(vae.named_modules())
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    hooks = []
+    for name in named:
+        module = modules[name][-1] if name.endswith("mid") else modules[name]
+        hooks.append(
+            module.register_forward_hook(lambda m, i, o, n=name: shapes.append((n, o.shape)))
+        )
+    video = torch.empty(1, config.in_channels, frames, height, width, device="meta")
+    moments = vae.encoder(video, ChunkContext())
+    z = moments[:, : config.latent_channels]
+    vae.decoder(z, ChunkContext(zq=z))
+    for h in hooks:
+        h.remove()
+    return [("video", tuple(video.shape))] + [(n, tuple(s)) for n, s in shapes]
