@@ -29,6 +29,7 @@ Weights of diffusers' model convert with :func:`vae_state_dict_from_diffusers`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -157,10 +158,11 @@ def _group_stats(
         means.append(m), variances.append(v), counts.append(e - s)
     if len(means) == 1:
         return means[0], torch.rsqrt(variances[0] + eps)
-    w = torch.tensor(counts, dtype=torch.float32, device=x.device) / x.shape[2]
-    m, v = torch.stack(means, -1), torch.stack(variances, -1)
-    mean = (m * w).sum(-1)
-    var = ((v + (m - mean[..., None]) ** 2) * w).sum(-1)
+    # Combine the slices exactly (Chan et al.): weights are Python floats, so no host-to-device
+    # copy (and no synchronisation) happens here.
+    w = [n / x.shape[2] for n in counts]
+    mean = sum(m * wi for m, wi in zip(means, w, strict=True))
+    var = sum((v + (m - mean) ** 2) * wi for m, v, wi in zip(means, variances, w, strict=True))
     return mean, torch.rsqrt(var + eps)
 
 
@@ -183,6 +185,13 @@ def _normalise(x: torch.Tensor, stats, norm: nn.GroupNorm, scale=None, shift=Non
     if scale is not None:
         y = y * scale + shift if grad else y.mul_(scale).add_(shift)
     return F.silu(y, inplace=not grad).to(x.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _index_tensor(index: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    # Cached: creating an index tensor on a GPU copies from the host and synchronises; the same
+    # few patterns recur in every chunk.
+    return torch.tensor(index, device=device)
 
 
 def _nearest_time_index(frames_out: int, frames_in: int, split_first: bool) -> list[int]:
@@ -233,7 +242,7 @@ class SpatialNorm3D(nn.Module):
     def apply(self, f, stats, ctx: ChunkContext, start: int, frames: int, mod=None) -> torch.Tensor:
         scale, shift = mod if mod is not None else self.modulation(ctx)
         index = _nearest_time_index(frames, ctx.zq.shape[2], ctx.first)[start : start + f.shape[2]]
-        idx = torch.tensor(index, device=f.device)
+        idx = _index_tensor(tuple(index), f.device)
         size = tuple(f.shape[2:])
         scale = F.interpolate(scale.index_select(2, idx), size=size)
         shift = F.interpolate(shift.index_select(2, idx), size=size)
@@ -345,7 +354,10 @@ class Upsample3D(nn.Module):
             t_out, index = t, list(range(t))
         out = None
         for s, e in time_slices(t_out, ctx.time_slice):
-            src = x.index_select(2, torch.tensor(index[s:e], device=x.device))
+            if self.compress_time:
+                src = x.index_select(2, _index_tensor(tuple(index[s:e]), x.device))
+            else:
+                src = x[:, :, s:e]
             frames = rearrange(src, "b c t h w -> (b t) c h w")
             y = self.conv(F.interpolate(frames, scale_factor=2.0, mode="nearest"))
             y = rearrange(y, "(b t) c h w -> b c t h w", b=b)
