@@ -91,14 +91,14 @@ BUDGETS = {
     "tiny": Budget("tiny", (0, 1), steps=3, batch=2, clips=6, eval_clips=2, eval_timesteps=2,
                    prompts=1, sample_steps=2, vae_steps=2, vae_batch=1, vae_frames=5,
                    vae_crop=16, vae_eval=1, frames=5, size=32, curve_points=3),
-    # About two minutes per ablation on one CPU thread.
-    "small": Budget("small", (0, 1), steps=150, batch=8, clips=96, eval_clips=8, prompts=6,
-                    sample_steps=8, vae_steps=120, vae_batch=2, vae_frames=9, vae_crop=32,
+    # About two minutes per ablation on one (shared) CPU thread.
+    "small": Budget("small", (0, 1), steps=120, batch=8, clips=96, eval_clips=6, prompts=6,
+                    sample_steps=8, vae_steps=60, vae_batch=2, vae_frames=9, vae_crop=32,
                     vae_eval=6),
     # All six in about eight minutes on one H100 (a mini step takes a few ms there).
-    "full": Budget("full", (0, 1, 2), steps=1200, batch=32, clips=2048, frames=9, eval_clips=32,
-                   prompts=32, sample_steps=25, vae_steps=1000, vae_batch=8, vae_frames=17,
-                   vae_crop=64, vae_eval=32, warmup=100),
+    "full": Budget("full", (0, 1, 2), steps=800, batch=32, clips=1024, frames=9, eval_clips=32,
+                   prompts=32, sample_steps=25, vae_steps=400, vae_batch=8, vae_frames=17,
+                   vae_crop=64, vae_eval=32, warmup=60),
 }  # fmt: skip
 
 
@@ -195,7 +195,7 @@ def _vae_cfg(budget: Budget, seed: int, steps: int | None = None) -> VAETrainCon
         crop=budget.vae_crop,
         warmup=max(1, min(50, budget.vae_steps // 4)),
         seed=seed,
-        pool=max(8, budget.vae_steps * budget.vae_batch // 2),
+        pool=min(512, max(8, budget.vae_steps * budget.vae_batch // 2)),
     )
 
 
@@ -245,7 +245,21 @@ def latent_dataset(
     latent_scale: float | None = None,
     size: int | None = None,
 ) -> LatentDataset:
-    """Toy clips (training split) encoded by the latent VAE, frame-packed into ``buckets``."""
+    """Toy clips (training split) encoded by the latent VAE, frame-packed into ``buckets``
+    (cached for the process: the ablations share their training and evaluation sets)."""
+    key = (budget.name, device, count, tuple(lengths), tuple(buckets), first_seed, latent_scale,
+           size)  # fmt: skip
+    if key not in _DATASETS:
+        _DATASETS[key] = _latent_dataset(
+            budget, device, count, lengths, buckets, first_seed, latent_scale, size
+        )
+    return _DATASETS[key]
+
+
+_DATASETS: dict[tuple, LatentDataset] = {}
+
+
+def _latent_dataset(budget, device, count, lengths, buckets, first_seed, latent_scale, size):
     vae, origin = latent_vae(budget, device)
     size = size or budget.size
     clips = toy_clips(count, lengths, size, size, first_seed=first_seed)
