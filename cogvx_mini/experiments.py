@@ -743,7 +743,8 @@ def run(
 
 def plot(result: dict, path: str | Path) -> Path:
     """One figure per ablation: loss curves (mean over seeds, min-max band) per arm, then one
-    panel per primary metric (mean ± std over seeds, each seed a dot). Writes ``path`` (PNG)."""
+    panel per primary metric (mean ± std over seeds as a marker with error bar, each seed a
+    small dot beside it; the axis is zoomed to the values). Writes ``path`` (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -769,9 +770,11 @@ def plot(result: dict, path: str | Path) -> Path:
     for ax, metric in zip(axes[1:], primary, strict=True):
         for i, a in enumerate(arms.values()):
             m = a["metrics"][metric]
-            ax.bar(i, m["mean"], yerr=m["std"], color=colours[i], alpha=0.7, capsize=4)
-            ax.plot([i] * len(m["values"]), m["values"], "k.", ms=4)
+            ax.errorbar(i, m["mean"], yerr=m["std"], fmt="o", color=colours[i], ms=9, capsize=5)
+            ax.plot([i + 0.15] * len(m["values"]), m["values"], "k.", ms=4)
         ax.set_xticks(range(len(arms)), list(arms), rotation=15, fontsize=7)
+        ax.set_xlim(-0.5, len(arms) - 0.5)
+        ax.grid(axis="y", alpha=0.3)
         better = "higher" if result["higher_is_better"].get(metric, False) else "lower"
         ax.set_title(f"{metric} ({better} is better)", fontsize=9)
     fig.suptitle(f"{result['name']} ({result['budget']} budget, {len(result['seeds'])} seeds)")
@@ -830,10 +833,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="*", default=None)
     p.add_argument("--out", type=Path, default=Path("book/ablations"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--plot-only", action="store_true", help="redraw figures from the JSON")
     args = p.parse_args(argv)
+    names = ABLATIONS if args.name == "all" else (args.name,)
+    if args.plot_only:
+        for name, result in load_results(args.out).items():
+            if name in names:
+                print(plot(result, args.out / f"{name}.png"))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = ABLATIONS if args.name == "all" else (args.name,)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for name in names:

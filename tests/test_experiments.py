@@ -45,6 +45,10 @@ def test_vae_ablation_end_to_end(tmp_path):
     # ... at about the same latent size (within 15%).
     assert 0.85 < a["latent_values"] / b["latent_values"] < 1.15
     assert a["loss_curves"] != b["loss_curves"]
+    # Figures are redrawn from the JSON alone.
+    (tmp_path / "vae_3d_vs_2d.png").unlink()
+    main(["all", "--plot-only", "--out", str(tmp_path)])
+    assert (tmp_path / "vae_3d_vs_2d.png").is_file()
 
 
 def test_explicit_uniform_arms_differ_only_in_strata():
