@@ -401,6 +401,21 @@ def judged_generations(
     }
 
 
+@torch.no_grad()
+def judge_ceiling(data: LatentDataset, budget: Budget, device: str) -> float:
+    """The judge's mean score of the latent VAE's reconstructions of ``budget.prompts`` real
+    clips of ``data``: the best a generator can score through this VAE (1 for a perfect VAE)."""
+    from cogvx_mini.toyworld import judge
+
+    vae, _ = latent_vae(budget, device)
+    clips = data.clips[: budget.prompts]
+    scores = []
+    for clip in clips:
+        video = vae.decode(clip.mean[None].to(device)).clamp(-1, 1).float().cpu()
+        scores.append(judge(video[0], clip.caption))
+    return sum(scores) / max(len(scores), 1)
+
+
 def track_residual(track: Sequence[tuple[float, float]]) -> float:
     """RMS distance (pixels) of a position track ``[(y, x), ...]`` from its least-squares
     straight line in time (constant velocity, what the toy world renders)."""
@@ -573,6 +588,7 @@ def ablation_expert_adaln(budget: Budget, seeds, device, log) -> dict:
 
     return {
         "arms": _diffusion_ablation(budget, seeds, device, arms, lambda a: train, evaluate, log),
+        "judge_ceiling": judge_ceiling(train, budget, device),
         "primary": ["eval_loss", "judge_score"],
         "higher_is_better": {"eval_loss": False, "judge_score": True},
         "eval": f"{budget.eval_clips} held-out clips; {budget.prompts} generated videos per seed "
@@ -599,6 +615,7 @@ def ablation_full_vs_2d1d_attention(budget: Budget, seeds, device, log) -> dict:
 
     return {
         "arms": _diffusion_ablation(budget, seeds, device, arms, lambda a: train, evaluate, log),
+        "judge_ceiling": judge_ceiling(train, budget, device),
         "primary": ["eval_loss", "track_residual_px", "direction_ok"],
         "higher_is_better": {"eval_loss": False, "track_residual_px": False, "direction_ok": True},
         "eval": "position tracks of generated objects (every toy object moves 45% of the frame)",
@@ -676,6 +693,7 @@ def ablation_frame_pack(budget: Budget, seeds, device, log) -> dict:
                                  "frames": used, "of_frames": frames_available}  # fmt: skip
     return {
         "arms": out,
+        "judge_ceiling": judge_ceiling(held, budget, device),
         "primary": ["eval_loss", "eval_loss_short", "judge_score"],
         "higher_is_better": {"eval_loss": False, "eval_loss_short": False, "judge_score": True},
         "eval": f"clips of {lengths} frames; buckets {f} and {long_f}; generations of {long_f}",
@@ -809,7 +827,7 @@ def verdict(result: dict) -> list[dict]:
             ((n, o["metrics"][metric]) for n, o in others), key=lambda x: sign * x[1]["mean"]
         )
         gap = sign * (ma["mean"] - mb["mean"])
-        spread = ma["std"] + mb["std"]
+        spread = ma["std"] + mb["std"] + 1e-6 * abs(ma["mean"])  # equal values tie
         outcome = "agrees" if gap > spread else "disagrees" if gap < -spread else "within spread"
         rows.append(
             {

@@ -12,6 +12,7 @@ from cogvx_mini.experiments import (
     run,
     summary,
     track_residual,
+    verdict,
 )
 
 
@@ -80,3 +81,18 @@ def test_helpers():
     smooth = torch.linspace(1, 0.1, 200).tolist()
     noisy = (torch.linspace(1, 0.1, 200) + 0.05 * torch.randn(200)).tolist()
     assert detrended_std(smooth) < 1e-6 < 0.03 < detrended_std(noisy) < 0.08
+
+
+def test_verdict_needs_a_gap_larger_than_the_spread():
+    def result(a, b):
+        arms = {"paper": a, "other": b}
+        return {
+            "arms": {n: {"metrics": {"loss": summary(v)}} for n, v in arms.items()},
+            "primary": ["loss"],
+            "higher_is_better": {"loss": False},
+        }
+
+    assert verdict(result([1.0, 1.0], [1.0, 1.0]))[0]["outcome"] == "within spread"
+    assert verdict(result([1.0, 1.1], [2.0, 2.1]))[0]["outcome"] == "agrees"
+    assert verdict(result([2.0, 2.1], [1.0, 1.1]))[0]["outcome"] == "disagrees"
+    assert verdict(result([1.0, 1.5], [1.2, 1.7]))[0]["outcome"] == "within spread"
