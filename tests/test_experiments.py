@@ -96,3 +96,13 @@ def test_verdict_needs_a_gap_larger_than_the_spread():
     assert verdict(result([1.0, 1.1], [2.0, 2.1]))[0]["outcome"] == "agrees"
     assert verdict(result([2.0, 2.1], [1.0, 1.1]))[0]["outcome"] == "disagrees"
     assert verdict(result([1.0, 1.5], [1.2, 1.7]))[0]["outcome"] == "within spread"
+
+
+def test_latent_vae_does_not_depend_on_what_ran_before(monkeypatch):
+    weights = []
+    for state in (1, 2):
+        monkeypatch.setattr(experiments, "_LATENT_VAE", {})
+        torch.manual_seed(state)  # another ablation ran before: the global RNG moved on
+        vae, _ = experiments.latent_vae(BUDGETS["tiny"], "cpu", log=lambda s: None)
+        weights.append(torch.cat([p.flatten() for p in vae.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
