@@ -196,3 +196,41 @@ def context_parallel_stack(
     for layer in stack:
         x = context_parallel_conv(layer, x, group) if isinstance(layer, CausalConv3d) else layer(x)
     return x
+
+
+def simulate_context_parallel(
+    stack: CausalConvStack, video: torch.Tensor, sizes: list[int]
+) -> tuple[list[torch.Tensor], list[list[tuple[int, ...]]]]:
+    """Context parallelism in one process, for figures: the time axis of ``video`` is split into
+    ``sizes`` (one slice per simulated rank) and every conv runs on each slice after the slice
+    receives the previous one's last k-1 input frames, exactly as :func:`context_parallel_conv`
+    does across processes. Returns the per-rank outputs and, per conv, the shape of each message.
+    """
+    if sum(sizes) != video.shape[2]:
+        raise ValueError(f"sizes {sizes} add up to {sum(sizes)}, expected {video.shape[2]}")
+    local = list(torch.split(video, sizes, dim=2))
+    messages = []
+    for layer in stack:
+        if not isinstance(layer, CausalConv3d):
+            local = [layer(x) for x in local]
+            continue
+        k1 = layer.time_pad
+        sent = [x[:, :, x.shape[2] - k1 :] for x in local[:-1]] if k1 else [None] * (len(local) - 1)
+        messages.append([tuple(m.shape) for m in sent if m is not None])
+        past = [None, *sent]
+        local = [layer.run_conv(layer.pad_time(x, p)) for x, p in zip(local, past, strict=True)]
+    return local, messages
+
+
+@torch.no_grad()
+def frame_dependencies(model: nn.Module, video: torch.Tensor) -> torch.Tensor:
+    """Which input frames each output frame depends on, measured by perturbing one frame at a
+    time: bool ``[T_out, T_in]`` for ``model(video [1, C, T_in, H, W]) -> [1, C', T_out, H, W]``.
+    """
+    base = model(video)
+    deps = torch.zeros(base.shape[2], video.shape[2], dtype=torch.bool)
+    for j in range(video.shape[2]):
+        bumped = video.clone()
+        bumped[:, :, j] += 1.0
+        deps[:, j] = (model(bumped) - base).abs().flatten(3).amax(dim=(0, 1, 3)) > 0
+    return deps

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,7 @@ class VAEConfig:
     def mini(cls) -> VAEConfig:
         """Same structure (8x8x4, 16 latent channels), narrow and shallow for a 2-core CPU."""
         return cls(
-            block_out_channels=(16, 32, 64, 64),
+            block_out_channels=(16, 32, 48, 48),
             layers_per_block=1,
             norm_groups=8,
             scaling_factor=1.0,
@@ -505,7 +505,24 @@ class VAE3D(nn.Module):
             raise ValueError(f"expected latents [B, {c}, T', h, w], got shape {tuple(z.shape)}")
 
     # -- chunked encode / decode --------------------------------------------------------------
+    @property
+    def per_frame(self) -> bool:
+        """True for a per-frame (2D) configuration: no time kernel, compression or chunks."""
+        cfg = self.config
+        return (cfg.time_kernel, cfg.temporal_compression) == (1, 1) and (
+            cfg.encode_chunk_frames,
+            cfg.decode_chunk_latents,
+        ) == (1, 1)
+
+    def _fold_frames(self, run, x: torch.Tensor) -> torch.Tensor:
+        # Chunks of one frame are independent images: run them as one batch (same result).
+        b = x.shape[0]
+        y = run(rearrange(x, "b c t h w -> (b t) c 1 h w"), ChunkContext(zq=None))
+        return rearrange(y, "(b t) c 1 h w -> b c t h w", b=b)
+
     def _encode_frames(self, video: torch.Tensor) -> torch.Tensor:
+        if self.per_frame:
+            return self._fold_frames(self.encoder, video)
         ctx = ChunkContext(time_slice=self.time_slice)
         out = []
         for i, (s, e) in enumerate(
@@ -516,6 +533,8 @@ class VAE3D(nn.Module):
         return torch.cat(out, dim=2)
 
     def _decode_frames(self, z: torch.Tensor) -> torch.Tensor:
+        if self.per_frame:
+            return self._fold_frames(lambda zq, ctx: self.decoder(zq, replace(ctx, zq=zq)), z)
         ctx = ChunkContext(time_slice=self.time_slice)
         chunks = temporal_chunks(z.shape[2], self.config.decode_chunk_latents)
         out = None
@@ -562,16 +581,19 @@ class VAE3D(nn.Module):
     # -- spatial tiling -----------------------------------------------------------------------
     def _tiled(self, x: torch.Tensor, encode: bool) -> torch.Tensor:
         """Overlapping tiles, each run through all chunks, blended linearly over the overlap
-        (earlier tiles are blended into later ones in raster order, as diffusers does)."""
+        (earlier tiles are blended into later ones in raster order, as diffusers does).
+
+        Strides are whole latent pixels, so tiles of the input and of the output line up for any
+        tile size; for diffusers' default sizes this is exactly its tiling."""
         s = self.config.spatial_compression
         sample = self.config.tile_sample_size
         latent = tuple(int(v / s) for v in sample)
-        ov = self.config.tile_overlap
+        stride_latent = [int(latent[k] * (1 - self.config.tile_overlap[k])) for k in range(2)]
         tile_in = sample if encode else latent
         tile_out = latent if encode else sample
-        stride = tuple(int(tile_in[k] * (1 - ov[k])) for k in range(2))
-        blend = tuple(int(tile_out[k] * ov[k]) for k in range(2))
-        keep = tuple(tile_out[k] - blend[k] for k in range(2))
+        stride = tuple(v * s if encode else v for v in stride_latent)  # in input pixels
+        keep = tuple(v if encode else v * s for v in stride_latent)  # in output pixels
+        blend = tuple(tile_out[k] - keep[k] for k in range(2))
         run = self._encode_frames if encode else self._decode_frames
         rows = []
         for i in range(0, x.shape[3], stride[0]):
@@ -596,11 +618,23 @@ class VAE3D(nn.Module):
     def from_pretrained_mini(cls, path: str | None = None) -> VAE3D:
         """The mini VAE with the weights shipped in ``cogvx_mini/assets/vae_mini.safetensors``."""
         from cogvx_mini.assets import asset_path
-        from cogvx_mini.checkpoint import load_weights
 
-        vae = cls(VAEConfig.mini())
-        vae.load_state_dict(load_weights(path or asset_path("vae_mini.safetensors")))
-        return vae.eval()
+        return _load_shipped(cls, VAEConfig.mini(), path or asset_path("vae_mini.safetensors"))
+
+
+def _load_shipped(cls, config: VAEConfig, path) -> VAE3D:
+    """Weights plus the ``scaling_factor`` measured after training (safetensors metadata)."""
+    from safetensors import safe_open
+
+    from cogvx_mini.checkpoint import load_weights
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "scaling_factor" in meta:
+        config = replace(config, scaling_factor=float(meta["scaling_factor"]))
+    vae = cls(config)
+    vae.load_state_dict(load_weights(path))
+    return vae.eval()
 
 
 def load_mini_vae(path: str | None = None) -> VAE3D:
@@ -646,3 +680,31 @@ def vae_state_dict_from_diffusers(state_dict: dict[str, torch.Tensor]) -> dict[s
             new = re.sub(pattern, repl, new)
         out[new] = value
     return out
+
+
+def architecture_shapes(
+    config: VAEConfig, frames: int, height: int, width: int
+) -> list[tuple[str, tuple[int, ...]]]:
+    """``(layer, output shape)`` through encoder and decoder for one video taken as one chunk,
+    computed on the meta device (no memory, no compute: works for the full-size model on a CPU).
+    """
+    with torch.device("meta"):
+        vae = VAE3D(config)
+    named = ["encoder.conv_in", *[f"encoder.down.{i}" for i in range(len(vae.encoder.down))]]
+    named += ["encoder.mid", "encoder.conv_out", "decoder.conv_in", "decoder.mid"]
+    named += [f"decoder.up.{i}" for i in range(len(vae.decoder.up))] + ["decoder.conv_out"]
+    modules = dict(vae.named_modules())
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    hooks = []
+    for name in named:
+        module = modules[name][-1] if name.endswith("mid") else modules[name]
+        hooks.append(
+            module.register_forward_hook(lambda m, i, o, n=name: shapes.append((n, o.shape)))
+        )
+    video = torch.empty(1, config.in_channels, frames, height, width, device="meta")
+    moments = vae.encoder(video, ChunkContext())
+    z = moments[:, : config.latent_channels]
+    vae.decoder(z, ChunkContext(zq=z))
+    for h in hooks:
+        h.remove()
+    return [("video", tuple(video.shape))] + [(n, tuple(s)) for n, s in shapes]

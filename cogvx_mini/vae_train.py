@@ -154,6 +154,12 @@ def train_vae(
             state.update(disc=disc.state_dict(), opt_d=opt_d.state_dict())
         save_checkpoint(state, path)
 
+    if step == 0:
+        # Start with a narrow posterior (std e^-2): with std 1 the decoder first sees mostly
+        # noise, and the reconstruction loss sits on a plateau until the encoder learns to shrink
+        # it. The KL term keeps it from collapsing.
+        with torch.no_grad():
+            vae.encoder.conv_out.conv.bias[vae.config.latent_channels :] = -4.0
     vae.train()
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="vae")
@@ -199,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--per-frame", action="store_true", help="train the per-frame 2D baseline")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--eval-videos", type=int, default=16)
+    p.add_argument(
+        "--export-only", action="store_true", help="export the weights of out/state.pt as it is"
+    )
     for name, f in VAETrainConfig.__dataclass_fields__.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = p.parse_args(argv)
@@ -208,12 +217,22 @@ def main(argv: list[str] | None = None) -> None:
     model_cfg = per_frame_config() if args.per_frame else VAEConfig.mini()
     vae = VAE3D(model_cfg)
     start = time.perf_counter()
-    train_vae(vae, cfg, args.out)
+    if args.export_only:
+        state = load_checkpoint(Path(args.out) / "state.pt")
+        vae.load_state_dict(state["model"])
+        cfg.steps = state["step"]
+    else:
+        train_vae(vae, cfg, args.out)
     minutes = (time.perf_counter() - start) / 60
+    vae.load_state_dict({k: v.half().float() for k, v in vae.state_dict().items()})  # as shipped
     metrics = evaluate(vae, held_out_videos(args.eval_videos))
+    metrics["scaling_factor"] = 1.0 / metrics["latent_std"]  # latents * factor have unit std
     name = "vae2d_mini.safetensors" if args.per_frame else "vae_mini.safetensors"
-    meta = {k: str(v) for k, v in {**asdict(cfg), **metrics, "minutes": minutes}.items()}
-    save_weights(vae.state_dict(), Path(args.out) / name, metadata=meta)
+    meta = {**asdict(cfg), **metrics, "minutes": minutes, "trained_steps": cfg.steps}
+    meta = {k: str(v) for k, v in meta.items()}
+    # Shipped in float16 (half the size; loading casts back to the model's float32).
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in vae.state_dict().items()}
+    save_weights(weights, Path(args.out) / name, metadata=meta)
     print(
         f"{name}: held-out PSNR {metrics['psnr']:.2f} dB, latent std "
         f"{metrics['latent_std']:.3f}, {minutes:.1f} min this run"

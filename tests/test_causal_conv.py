@@ -115,3 +115,18 @@ def test_context_parallel_equals_single_process(sizes, tmp_path):
     args = (world, _free_port(), sizes, stack.state_dict(), x, expected, str(tmp_path))
     mp.spawn(_cp_worker, args=args, nprocs=world, join=True)
     assert [torch.load(tmp_path / f"{r}.pt") for r in range(world)] == [True] * world
+
+
+def test_simulated_context_parallel_and_dependencies():
+    from cogvx_mini.causal_conv import frame_dependencies, simulate_context_parallel
+
+    torch.manual_seed(0)
+    stack = CausalConvStack(4, depth=2, kernel_size=3)
+    x = _video()
+    outs, messages = simulate_context_parallel(stack, x, [4, 3, 5])
+    torch.testing.assert_close(torch.cat(outs, 2), stack(x), rtol=1e-5, atol=1e-6)
+    assert messages == [[(1, 4, 2, 6, 5)] * 2] * 2  # k-1 = 2 frames to each next rank, per conv
+    deps = frame_dependencies(stack, x)
+    # 2 layers of kernel 3: output t sees inputs t-4 ... t (and frame 0 through the padding)
+    expected = torch.tensor([[0 <= t - j <= 4 for j in range(12)] for t in range(12)])
+    assert torch.equal(deps, expected)

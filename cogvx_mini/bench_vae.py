@@ -1,0 +1,239 @@
+"""VAE benchmark: time and peak memory of encode and decode (prints numbers; not a test).
+
+    python -m cogvx_mini.bench vae                      # CPU: the mini VAE, 17x64x64
+    python -m cogvx_mini.bench vae --device cuda        # GPU: the full-size VAE in bf16,
+                                                        # 13x60x90 latents <-> 49x480x720 video,
+                                                        # against diffusers with the same weights
+
+On CUDA every variant runs in the same process on the same random weights: diffusers'
+``AutoencoderKLCogVideoX`` untiled and tiled, then ``VAE3D`` whole-chunk, streaming (``time_slice``
+frames at a time inside each chunk), channels-last and tiled. Peak memory is
+``torch.cuda.max_memory_allocated`` (weights included); on CPU it is the growth of the process's
+peak resident memory. The relative difference to diffusers' output is printed as a check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from cogvx_mini.vae import VAE3D, VAEConfig, vae_state_dict_from_diffusers
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak_rss() -> int:
+    """Reset the process's peak RSS (Linux: write 5 to clear_refs); returns the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_kib("VmRSS")
+
+
+def measure(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> dict:
+    """Median wall time (s) over ``repeats`` runs after one warm-up, and peak memory (GB)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    out = fn()  # warm-up (cuDNN autotuning, oneDNN primitive creation)
+    del out
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    rss0 = _reset_peak_rss() if device.type == "cpu" else 0
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        result = out
+        del out
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 1e9
+    else:  # growth of the resident set's high-water mark over its level before the runs
+        peak = (_status_kib("VmHWM") - rss0) * 1024 / 1e9
+    return {"time_s": statistics.median(times), "peak_gb": peak, "out": result}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    if not cuda and dtype != torch.float32:
+        raise SystemExit("CPU runs in fp32 only")
+    cfg = VAEConfig.cogvideox() if (cuda and not args.mini) else VAEConfig.mini()
+    frames, height, width = args.frames, args.height, args.width
+    if frames is None:
+        frames, height, width = (49, 480, 720) if cfg == VAEConfig.cogvideox() else (17, 64, 64)
+    torch.manual_seed(0)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    ref = None
+    if not args.skip_diffusers:
+        try:
+            from diffusers import AutoencoderKLCogVideoX
+        except ImportError:
+            print("diffusers is not installed: skipping the reference")
+        else:
+            ref = AutoencoderKLCogVideoX(
+                block_out_channels=cfg.block_out_channels,
+                layers_per_block=cfg.layers_per_block,
+                latent_channels=cfg.latent_channels,
+                norm_num_groups=cfg.norm_groups,
+                sample_height=2 * cfg.tile_sample_size[0],
+                sample_width=2 * cfg.tile_sample_size[1],
+            ).eval()
+    ours = VAE3D(cfg).eval()
+    if ref is not None:
+        ours.load_state_dict(vae_state_dict_from_diffusers(ref.state_dict()))
+        ref.to(device, dtype)
+    ours.to(device, dtype)
+
+    g = torch.Generator().manual_seed(1)
+    video = (torch.rand(1, 3, frames, height, width, generator=g) * 2 - 1).to(device, dtype)
+    lat_shape = cfg.latent_shape(tuple(video.shape))
+    latents = torch.randn(lat_shape, generator=g).to(device, dtype)
+    rows: list[dict] = []
+
+    def record(work: str, impl: str, fn: Callable[[], torch.Tensor], reference=None) -> None:
+        try:
+            with torch.inference_mode():
+                m = measure(fn, device, args.repeats)
+        except torch.OutOfMemoryError:
+            print(f"{work:8s} {impl:34s} out of memory")
+            return
+        row = {"work": work, "impl": impl, "time_s": m["time_s"], "peak_gb": m["peak_gb"]}
+        row["shape"] = list(m["out"].shape)
+        if reference is not None:
+            row["rel_diff_vs_diffusers_untiled"] = _rel(m["out"], reference)
+        rows.append(row)
+        extra = (
+            f"  rel. diff {row['rel_diff_vs_diffusers_untiled']:.2e}"
+            if reference is not None
+            else ""
+        )
+        print(f"{work:8s} {impl:34s} {m['time_s']:8.3f} s  peak {m['peak_gb']:7.2f} GB{extra}")
+        del m
+        return None
+
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if cuda else 'CPU'}), {args.dtype}, "
+        f"video {tuple(video.shape)}, latents {tuple(latents.shape)}"
+    )
+    dec_ref = None
+    if ref is not None and not args.skip_decode:
+        with torch.inference_mode():
+            dec_ref = ref.decode(latents).sample if args.check else None
+        if not args.skip_untiled_reference:
+            ref.disable_tiling()
+            record("decode", "diffusers untiled", lambda: ref.decode(latents).sample)
+        ref.enable_tiling()
+        record("decode", "diffusers tiled", lambda: ref.decode(latents).sample, dec_ref)
+        ref.disable_tiling()
+
+    def ours_decode(time_slice, tiled=False, channels_last=False):
+        def fn():
+            ours.time_slice = time_slice
+            z = latents.to(memory_format=torch.channels_last_3d) if channels_last else latents
+            return ours.decode(z, tiled=tiled)
+
+        return fn
+
+    variants = [("VAE3D whole chunk", None, False, False)]
+    for ts in args.time_slice:
+        variants.append((f"VAE3D streaming time_slice={ts}", ts, False, False))
+        if cuda and args.channels_last:
+            variants.append((f"VAE3D streaming ts={ts} channels_last", ts, False, True))
+    variants.append(("VAE3D tiled", args.time_slice[0] if args.time_slice else None, True, False))
+    if not args.skip_decode:
+        if cuda and args.channels_last:
+            ours.to(memory_format=torch.channels_last_3d)
+        for name, ts, tiled, cl in variants:
+            record("decode", name, ours_decode(ts, tiled, cl), dec_ref)
+    del dec_ref
+
+    if not args.skip_encode:
+        enc_ref = None
+        if ref is not None:
+            ref.enable_tiling()
+            record("encode", "diffusers tiled", lambda: ref.encode(video).latent_dist.mean)
+            ref.disable_tiling()
+            with torch.inference_mode():
+                enc_ref = ref.encode(video).latent_dist.mean if args.check else None
+        for name, ts, tiled, _ in variants:
+            if "channels_last" in name:
+                continue
+
+            def fn(ts=ts, tiled=tiled):
+                ours.time_slice = ts
+                return ours.encode(video, tiled=tiled).mean
+
+            record("encode", name, fn, enc_ref)
+    ours.time_slice = None
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="VAE encode/decode time and peak memory")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="bf16 (CUDA default), fp16 or fp32 (CPU)")
+    p.add_argument("--mini", action="store_true", help="the mini config even on CUDA")
+    p.add_argument("--frames", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--time-slice", type=int, nargs="*", default=None)
+    p.add_argument("--channels-last", action="store_true", help="also try channels_last_3d")
+    p.add_argument("--check", action="store_true", help="compare outputs with diffusers")
+    p.add_argument("--skip-diffusers", action="store_true")
+    p.add_argument("--skip-untiled-reference", action="store_true")
+    p.add_argument("--skip-decode", action="store_true")
+    p.add_argument("--skip-encode", action="store_true")
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads")
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.dtype = args.dtype or ("bf16" if cuda else "fp32")
+    if args.time_slice is None:
+        args.time_slice = [1, 2] if cuda else [2]
+    if (args.frames is None) != (args.height is None) or (args.frames is None) != (
+        args.width is None
+    ):
+        raise SystemExit("give --frames, --height and --width together")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = run(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
