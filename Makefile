@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/python -m cogvx_mini.demo --out $(OUT)/demo
 
+# Retrain the shipped mini transformer from scratch (CPU, about 30 minutes on 2 cores; resumes if
+# interrupted) and overwrite cogvx_mini/assets/transformer_mini.safetensors.
+train: $(STAMP)
+	$(BIN)/python -m cogvx_mini.train --out $(OUT)/train --ship
+
 test: $(STAMP) lint pytest chapters book-check
 
 lint: $(STAMP)

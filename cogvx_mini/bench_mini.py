@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from cogvx_mini.pipeline import evaluation_prompts, judge_scores, load_mini
+from cogvx_mini.toyworld import judge, render, sample_scene
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,6 +56,22 @@ def main(argv: list[str] | None = None) -> None:
             f"{split:>8}: judge {mean:.3f} over {len(scores)} prompts "
             f"({seconds:.1f} s, {seconds / len(scores):.2f} s per video on {args.device})"
         )
+    # The ceiling the VAE sets: the judge on VAE reconstructions of the ground-truth renders.
+
+    scenes = [sample_scene(10_000 + i, split="held_out") for i in range(args.sweep_prompts)]
+    truth = torch.stack([render(s, 17, 64, 64) for s in scenes])
+    with torch.no_grad():
+        recon = pipe.vae.decode(pipe.vae.encode(truth.to(args.device)).mean).clamp(-1, 1).cpu()
+    results["vae_ceiling"] = {
+        "ground_truth": sum(judge(v, s.caption) for v, s in zip(truth, scenes, strict=True))
+        / len(scenes),
+        "vae_reconstruction": sum(judge(v, s.caption) for v, s in zip(recon, scenes, strict=True))
+        / len(scenes),
+    }
+    print(
+        f"judge on ground truth {results['vae_ceiling']['ground_truth']:.3f}, on its VAE "
+        f"reconstruction {results['vae_ceiling']['vae_reconstruction']:.3f} (the ceiling)"
+    )
     for split in ("train", "held_out"):
         prompts = evaluation_prompts(split, args.sweep_prompts, first_seed=30_000)
         sweep = {}

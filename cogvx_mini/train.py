@@ -47,7 +47,7 @@ class TrainConfig:
     """Hyper-parameters of a mini run. ``timestep_strata`` is the ``n`` of explicit uniform
     sampling across one batch (1 = plain uniform); ``snr_shift_scale`` picks the schedule."""
 
-    steps: int = 4000
+    steps: int = 3600
     batch_size: int = 16
     lr: float = 5e-4
     weight_decay: float = 0.01
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/mini"))
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--clips", type=int, default=3000, help="training scenes")
+    parser.add_argument("--clips", type=int, default=1200, help="training scenes")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
     parser.add_argument("--ship", action="store_true", help=f"write assets/{WEIGHTS_NAME}")
