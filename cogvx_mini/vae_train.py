@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         vae.load_state_dict(state["model"])
         cfg.steps = state["step"]
     else:
-        train_vae(vae, cfg, args.out)
+        cfg.steps = len(train_vae(vae, cfg, args.out))  # fewer if --max-minutes stopped it
     minutes = (time.perf_counter() - start) / 60
     vae.load_state_dict({k: v.half().float() for k, v in vae.state_dict().items()})  # as shipped
     metrics = evaluate(vae, held_out_videos(args.eval_videos))

@@ -13,3 +13,11 @@ def asset_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no asset {name!r} in {ASSETS}")
     return path
+
+
+def asset_metadata(name: str) -> dict[str, str]:
+    """The metadata stored in a shipped safetensors file (training settings, measured metrics)."""
+    from safetensors import safe_open
+
+    with safe_open(str(asset_path(name)), "pt") as f:
+        return dict(f.metadata() or {})
