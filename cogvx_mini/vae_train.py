@@ -130,8 +130,9 @@ def train_vae(
     if cfg.perceptual_weight > 0 and perceptual is None:
         raise ValueError("perceptual_weight > 0 needs a perceptual network (LPIPS is not shipped)")
     torch.manual_seed(cfg.seed)
+    device = next(vae.parameters()).device  # batches are drawn on the CPU, then moved there
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    disc = PatchDiscriminator3D() if cfg.gan_weight > 0 else None
+    disc = PatchDiscriminator3D().to(device) if cfg.gan_weight > 0 else None
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if disc else None
     step, losses = 0, []
     path = Path(out) / "state.pt" if out is not None else None
@@ -166,7 +167,7 @@ def train_vae(
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
-        x = training_batch(step, cfg)
+        x = training_batch(step, cfg).to(device)
         posterior = vae.encode(x)
         recon = vae.decode(posterior.sample())
         rec = (recon - x).abs().mean()
@@ -204,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="folder for state.pt and the exported weights")
     p.add_argument("--per-frame", action="store_true", help="train the per-frame 2D baseline")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (resumes exactly on the CPU)")
     p.add_argument("--eval-videos", type=int, default=16)
     p.add_argument(
         "--export-only", action="store_true", help="export the weights of out/state.pt as it is"
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     cfg = VAETrainConfig(**{k: getattr(args, k) for k in VAETrainConfig.__dataclass_fields__})
     model_cfg = per_frame_config() if args.per_frame else VAEConfig.mini()
-    vae = VAE3D(model_cfg)
+    vae = VAE3D(model_cfg).to(args.device)
     start = time.perf_counter()
     if args.export_only:
         state = load_checkpoint(Path(args.out) / "state.pt")
@@ -224,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cfg.steps = len(train_vae(vae, cfg, args.out))  # fewer if --max-minutes stopped it
     minutes = (time.perf_counter() - start) / 60
+    vae.cpu()
     vae.load_state_dict({k: v.half().float() for k, v in vae.state_dict().items()})  # as shipped
     metrics = evaluate(vae, held_out_videos(args.eval_videos))
     metrics["scaling_factor"] = 1.0 / metrics["latent_std"]  # latents * factor have unit std
