@@ -107,14 +107,18 @@ BUDGETS = {
 
 
 def summary(values: Sequence[float]) -> dict:
-    """``{"mean", "std", "min", "max", "values"}`` over seeds (std 0 for one seed)."""
+    """``{"mean", "std", "min", "max", "n", "values"}`` over seeds (std 0 for one seed); NaN
+    values (a metric a seed could not measure) are kept in ``values`` but left out of the rest."""
     v = torch.tensor([float(x) for x in values], dtype=torch.float64)
-    std = v.std().item() if len(v) > 1 else 0.0
+    ok = v[torch.isfinite(v)]
+    if len(ok) == 0:
+        ok = torch.tensor([math.nan], dtype=torch.float64)
     return {
-        "mean": v.mean().item(),
-        "std": std,
-        "min": v.min().item(),
-        "max": v.max().item(),
+        "mean": ok.mean().item(),
+        "std": ok.std().item() if len(ok) > 1 else 0.0,
+        "min": ok.min().item(),
+        "max": ok.max().item(),
+        "n": int(torch.isfinite(v).sum()),
         "values": [float(x) for x in v],
     }
 

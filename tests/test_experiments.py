@@ -74,6 +74,8 @@ def test_unknown_names_fail_early():
 def test_helpers():
     s = summary([1.0, 3.0])
     assert s["mean"] == 2.0 and s["min"] == 1.0 and s["max"] == 3.0 and s["std"] > 1.4
+    s = summary([1.0, float("nan")])  # a seed that could not measure the metric
+    assert s["mean"] == 1.0 and s["n"] == 1 and len(s["values"]) == 2
     # A straight constant-velocity track has no residual; a jump has one.
     assert track_residual([(0.0, 1.0 * i) for i in range(6)]) < 1e-9
     assert track_residual([(0.0, 1.0 * i + (5.0 if i == 3 else 0.0)) for i in range(6)]) > 1
