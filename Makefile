@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= outputs
 
-.PHONY: demo test lint pytest chapters notebooks book-check book lab train clean
+.PHONY: demo test lint pytest chapters notebooks book-check book lab train ablations clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ book: $(STAMP)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab chapters
+
+# The paper's ablations in miniature (chapter 10): JSON + PNG under book/ablations/.
+# On a GPU: make ablations BUDGET=full DEVICE=cuda
+BUDGET ?= small
+DEVICE ?= cpu
+ablations: $(STAMP)
+	$(BIN)/python -m cogvx_mini.experiments all --budget $(BUDGET) --device $(DEVICE) --out book/ablations
 
 clean:
 	rm -rf _build $(OUT) .pytest_cache

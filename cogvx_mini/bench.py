@@ -2,6 +2,7 @@
 
 python -m cogvx_mini.bench vae [options]          # see cogvx_mini/bench_vae.py
 python -m cogvx_mini.bench transformer [options]  # see cogvx_mini/bench_transformer.py
+python -m cogvx_mini.bench interop [options]      # see cogvx_mini/bench_interop.py
 python -m cogvx_mini.bench scale [options]        # see scale/bench.py (run from the repo root)
 python -m cogvx_mini.bench mini [options]         # see cogvx_mini/bench_mini.py (judge scores)
 """
@@ -14,6 +15,7 @@ import sys
 BENCHMARKS = {
     "vae": "cogvx_mini.bench_vae",
     "transformer": "cogvx_mini.bench_transformer",
+    "interop": "cogvx_mini.bench_interop",
     "scale": "scale.bench",
     "mini": "cogvx_mini.bench_mini",
 }

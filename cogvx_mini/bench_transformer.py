@@ -108,7 +108,9 @@ def _measure(
         row["train_mfu"] = 3 * flops / row["train_s"] / peak
     except Exception as error:  # keep the other numbers when one variant fails (e.g. OOM)
         row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-        _free(device)
+    for p in params:
+        p.grad = None
+    _free(device)  # after the except block, whose traceback holds the failed run's tensors
     print(_format(row), flush=True)
     return row
 
@@ -237,7 +239,22 @@ def bench_model(name: str, args: argparse.Namespace, peak: float) -> list[dict]:
     _free(device)
     for row in rows:
         row["model"] = name
+    _print_speedups(rows)
     return rows
+
+
+def _print_speedups(rows: list[dict]) -> None:
+    """Each cogvx_mini variant against the first diffusers row (eager or compiled alike)."""
+    base = next((r for r in rows if r["impl"].startswith("diffusers") and "train_s" in r), None)
+    if base is None:
+        return
+    print(f"  speed-ups against {base['impl']}:")
+    for row in rows:
+        if row["impl"].startswith("cogvx_mini") and "train_s" in row:
+            forward = base["forward_s"] / row["forward_s"]
+            train = base["train_s"] / row["train_s"]
+            row["forward_speedup"], row["train_speedup"] = forward, train
+            print(f"    {row['impl']:<40} forward {forward:.2f}x, training step {train:.2f}x")
 
 
 @contextlib.contextmanager

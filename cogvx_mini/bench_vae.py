@@ -15,6 +15,7 @@ peak resident memory. The relative difference to diffusers' output is printed as
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import statistics
@@ -40,7 +41,12 @@ def _status_kib(field: str) -> int:
 
 
 def _reset_peak_rss() -> int:
-    """Reset the process's peak RSS (Linux: write 5 to clear_refs); returns the current RSS."""
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), then reset the process's
+    peak RSS (Linux: write 5 to clear_refs); returns the current RSS in KiB."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -49,8 +55,14 @@ def _reset_peak_rss() -> int:
     return _status_kib("VmRSS")
 
 
-def measure(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> dict:
-    """Median wall time (s) over ``repeats`` runs after one warm-up, and peak memory (GB)."""
+def measure(
+    fn: Callable[[], torch.Tensor], device: torch.device, repeats: int, weights_gb: float = 0.0
+) -> dict:
+    """Median wall time (s) over ``repeats`` runs after one warm-up, and peak memory (GB).
+
+    On CUDA the peak is ``weights_gb`` plus what the runs allocate above the memory held before
+    them (other models, inputs, reference outputs), so each model counts only its own weights.
+    """
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -60,9 +72,11 @@ def measure(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) 
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
     rss0 = _reset_peak_rss() if device.type == "cpu" else 0
-    times = []
+    times, result = [], None
     for _ in range(repeats):
+        result = None  # free the previous output before the next run
         _sync(device)
         start = time.perf_counter()
         out = fn()
@@ -71,7 +85,7 @@ def measure(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) 
         result = out
         del out
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 1e9
+        peak = (torch.cuda.max_memory_allocated(device) - base) / 1e9 + weights_gb
     else:  # growth of the resident set's high-water mark over its level before the runs
         peak = (_status_kib("VmHWM") - rss0) * 1024 / 1e9
     return {"time_s": statistics.median(times), "peak_gb": peak, "out": result}
@@ -122,10 +136,14 @@ def run(args: argparse.Namespace) -> list[dict]:
     latents = torch.randn(lat_shape, generator=g).to(device, dtype)
     rows: list[dict] = []
 
+    def weights_gb(model) -> float:
+        return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
+
     def record(work: str, impl: str, fn: Callable[[], torch.Tensor], reference=None) -> None:
+        model = ref if impl.startswith("diffusers") else ours
         try:
             with torch.inference_mode():
-                m = measure(fn, device, args.repeats)
+                m = measure(fn, device, args.repeats, weights_gb(model) if cuda else 0.0)
         except torch.OutOfMemoryError:
             print(f"{work:8s} {impl:34s} out of memory")
             return

@@ -72,6 +72,17 @@ def _angles_1d(dim: int, pos: torch.Tensor, theta: float) -> torch.Tensor:
     return torch.outer(pos.to(torch.float32), freqs).repeat_interleave(2, dim=1)
 
 
+def rope_1d(
+    dim: int, positions: torch.Tensor, theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """1D RoPE tables ``(cos, sin)``, each float32 ``[len(positions), dim]``: pair ``i`` of a
+    token at position ``p`` turns by ``p · theta^(-2i/dim)``."""
+    if dim % 2:
+        raise ValueError(f"expected an even dimension for RoPE, got {dim}")
+    angles = _angles_1d(dim, torch.as_tensor(positions), theta)
+    return angles.cos(), angles.sin()
+
+
 def rope_3d(
     head_dim: int,
     grid: Grid,

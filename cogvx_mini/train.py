@@ -273,6 +273,9 @@ def train(
         )
 
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+    # Random numbers come from one CPU generator (so a resumed run repeats them exactly); the
+    # batch then moves to wherever the model is.
+    device = next(model.parameters()).device
     start_time = time.perf_counter()
     plan = EpochPlan(dataset, cfg.batch_size, cfg.seed)
     model.train()
@@ -289,8 +292,10 @@ def train(
         text = torch.where(drop[:, None, None], dataset.empty_text.expand_as(text), text)
         t = batch_timesteps(b, min(cfg.timestep_strata, b), schedule.num_train_timesteps, gen)
         noise = torch.randn(x0.shape, generator=gen)
-        x_t = add_noise(schedule, x0, noise, t)
-        per_sample = v_loss(model(x_t, text, t), v_target(schedule, x0, noise, t), reduce=False)
+        x0, noise, text, t_dev = (x.to(device) for x in (x0, noise, text, t))
+        x_t = add_noise(schedule, x0, noise, t_dev)
+        target = v_target(schedule, x0, noise, t_dev)
+        per_sample = v_loss(model(x_t, text, t_dev), target, reduce=False)
         loss = per_sample.mean()
         if not torch.isfinite(loss):
             bar.close()
@@ -303,7 +308,7 @@ def train(
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         ema.update(model, step)
-        tracker.update(t, per_sample.detach())
+        tracker.update(t, per_sample.detach().cpu())
         losses.append(loss.item())
         step += 1
         bar.update(1)
@@ -347,12 +352,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--clips", type=int, default=1200, help="training scenes")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
     parser.add_argument("--ship", action="store_true", help=f"write assets/{WEIGHTS_NAME}")
     parser.add_argument("--vae-weights", type=Path, default=None, help="default: shipped")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     args.out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
@@ -368,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     torch.manual_seed(cfg.seed)
-    model = CogVideoXTransformer(TransformerConfig.mini())
+    model = CogVideoXTransformer(TransformerConfig.mini()).to(args.device)
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     result = train(model, dataset, cfg, args.out, max_seconds=max_seconds)
     ema, steps = result.ema, result.step
@@ -392,6 +399,7 @@ def main(argv: list[str] | None = None) -> None:
         "buckets": sorted({str(c.bucket) for c in dataset.clips}),
         "minutes": round((time.perf_counter() - start) / 60, 1),
         "threads": args.threads,
+        "device": args.device,
         "losses": [round(x, 5) for x in result.losses],
         "tracker_edges": result.tracker.edges(),
         "tracker_means": [round(float(x), 5) for x in result.tracker.means()],

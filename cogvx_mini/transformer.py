@@ -44,8 +44,11 @@ class TransformerConfig:
     Ablation switches: ``positions`` (``rope`` 3D-RoPE as 5B, ``sincos`` absolute as 2B, ``none``),
     ``attention`` (``full`` 3D, or ``2d1d``: layers alternate spatial and temporal attention),
     ``adaln`` (``expert``, ``none`` = one shared modulation, ``mmdit`` = separate weights per
-    modality). Speed knobs: ``checkpointing`` (``none``, ``full`` = recompute the whole block in
-    backward, ``selective`` = recompute all but the attention kernel's output) applied to every
+    modality). ``learned_positions``: an extra stored embedding over ``[text; video]`` for the
+    ``base_latent_frames`` x ``rope_base_grid`` grid only (CogVideoX-5B-I2V).
+
+    Speed knobs: ``checkpointing`` (``none``, ``full`` = recompute the whole block in backward,
+    ``selective`` = recompute all but the attention kernel's output) applied to every
     ``checkpoint_every``-th block, ``compile_blocks`` (``torch.compile`` each block),
     ``attention_backend`` (``auto``, ``flash``, ``cudnn``, ``efficient``, ``math``).
     """
@@ -60,12 +63,15 @@ class TransformerConfig:
     max_text_len: int = 226
     patch_size: int = 2
     temporal_patch_size: int = 1
+    patch_bias: bool = True
     positions: str = "sincos"
     spatial_interpolation_scale: float = 1.875
     temporal_interpolation_scale: float = 1.0
     rope_grid: str = "interpolate"
     rope_base_grid: tuple[int, int] = (30, 45)
     rope_theta: float = 10000.0
+    learned_positions: bool = False
+    base_latent_frames: int = 13
     attention: str = "full"
     adaln: str = "expert"
     qk_norm: bool = True
@@ -134,23 +140,27 @@ class TransformerConfig:
     def from_diffusers_config(cls, config: dict[str, Any], **overrides: Any) -> TransformerConfig:
         """The config of a diffusers ``CogVideoXTransformer3DModel`` (``config.json`` as a dict).
 
-        Raises ``ValueError`` for features this implementation does not have (learned positions
-        of the image-to-video models, the ``ofs`` embedding of 1.5-I2V, dropout, other activations).
+        Raises ``ValueError`` for features this implementation does not have (the ``ofs``
+        embedding of 1.5-I2V, dropout, other activations).
         """
         c = {**_DIFFUSERS_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
         unsupported = {
-            "use_learned_positional_embeddings": bool(c["use_learned_positional_embeddings"]),
             "ofs_embed_dim": bool(c["ofs_embed_dim"]),
             "dropout": bool(c["dropout"]),
             "activation_fn": c["activation_fn"] != "gelu-approximate",
             "timestep_activation_fn": c["timestep_activation_fn"] != "silu",
-            "patch_bias": not c["patch_bias"],
         }
         bad = [f"{k}={c[k]!r}" for k, is_bad in unsupported.items() if is_bad]
         if bad:
             raise ValueError(f"diffusers config uses features cogvx_mini lacks: {', '.join(bad)}")
         p, p_t = c["patch_size"], c["patch_size_t"]
         rope = bool(c["use_rotary_positional_embeddings"])
+        learned = bool(c["use_learned_positional_embeddings"])
+        if learned and (not rope or p_t is not None):
+            raise ValueError(
+                "learned positions exist only with RoPE and no temporal patch (5B-I2V)"
+            )
+        base_frames = (c["sample_frames"] - 1) // c["temporal_compression_ratio"] + 1
         return cls(
             num_layers=c["num_layers"],
             num_heads=c["num_attention_heads"],
@@ -162,12 +172,16 @@ class TransformerConfig:
             max_text_len=c["max_text_seq_length"],
             patch_size=p,
             temporal_patch_size=p_t or 1,
+            # diffusers' linear patch embedding (temporal patches) always has a bias
+            patch_bias=bool(c["patch_bias"]) or p_t is not None,
             positions="rope" if rope else "sincos",
             spatial_interpolation_scale=c["spatial_interpolation_scale"],
             temporal_interpolation_scale=c["temporal_interpolation_scale"],
             # 1.0 squeezes any grid into the training grid; 1.5 slices a larger table.
             rope_grid="interpolate" if p_t is None else "extrapolate",
             rope_base_grid=(c["sample_height"] // p, c["sample_width"] // p),
+            learned_positions=learned,
+            base_latent_frames=base_frames,
             attention_bias=c["attention_bias"],
             norm_eps=c["norm_eps"],
             norm_affine=c["norm_elementwise_affine"],
@@ -185,6 +199,8 @@ class TransformerConfig:
             raise ValueError("diffusers has only adaln='expert', attention='full' with positions")
         if not self.qk_norm or self.ff_mult != 4:
             raise ValueError("diffusers' CogVideoX blocks always use QK-norm and a 4x feed-forward")
+        if self.temporal_patch_size > 1 and not self.patch_bias:
+            raise ValueError("diffusers' temporal patch embedding always has a bias")
         rope = self.positions == "rope"
         if rope and self.rope_grid != (
             "interpolate" if self.temporal_patch_size == 1 else "extrapolate"
@@ -206,12 +222,15 @@ class TransformerConfig:
             sample_width=self.rope_base_grid[1] * p,
             patch_size=p,
             patch_size_t=None if self.temporal_patch_size == 1 else self.temporal_patch_size,
+            patch_bias=self.patch_bias,
             max_text_seq_length=self.max_text_len,
             norm_elementwise_affine=self.norm_affine,
             norm_eps=self.norm_eps,
             spatial_interpolation_scale=self.spatial_interpolation_scale,
             temporal_interpolation_scale=self.temporal_interpolation_scale,
             use_rotary_positional_embeddings=rope,
+            use_learned_positional_embeddings=self.learned_positions,
+            sample_frames=(self.base_latent_frames - 1) * 4 + 1,
         )
 
 
@@ -399,7 +418,7 @@ class CogVideoXTransformer(nn.Module):
         super().__init__()
         self.config = c = config
         patch_features = c.in_channels * c.temporal_patch_size * c.patch_size**2
-        self.patch_embed = nn.Linear(patch_features, c.dim)
+        self.patch_embed = nn.Linear(patch_features, c.dim, bias=c.patch_bias)
         self.text_proj = nn.Linear(c.text_dim, c.dim)
         self.time_embed = TimestepMLP(c.dim, c.time_embed_dim)
         block_class = MMDiTBlock if c.adaln == "mmdit" else TransformerBlock
@@ -412,6 +431,14 @@ class CogVideoXTransformer(nn.Module):
         out_features = c.out_channels * c.temporal_patch_size * c.patch_size**2
         self.proj_out = nn.Linear(c.dim, out_features)
         self._tables: dict[tuple, Any] = {}
+        if c.learned_positions:
+            # A stored (in diffusers: persistent buffer) embedding for the training grid only.
+            base = (c.base_latent_frames, *c.rope_base_grid)
+            table = torch.zeros(1, c.max_text_len + math.prod(base), c.dim)
+            table[0, c.max_text_len :] = sincos_3d(
+                c.dim, base, c.spatial_interpolation_scale, c.temporal_interpolation_scale
+            )
+            self.register_buffer("pos_embedding", table)
         self.reset_parameters()
         self.set_checkpointing(c.checkpointing, c.checkpoint_every)
         if c.compile_blocks:
@@ -423,7 +450,8 @@ class CogVideoXTransformer(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
         for module in self.modules():
             if isinstance(module, (FinalAdaLN, *ADALN_VARIANTS.values())):
                 nn.init.zeros_(module.linear.weight)
@@ -432,7 +460,7 @@ class CogVideoXTransformer(nn.Module):
 
     def set_checkpointing(self, mode: str, every: int = 1) -> None:
         """Checkpointing (``none``, ``full``, ``selective``) on every ``every``-th block."""
-        dataclasses.replace(self.config, checkpointing=mode, checkpoint_every=every)  # validates
+        self.config = self.config.replace(checkpointing=mode, checkpoint_every=every)  # validates
         for i, block in enumerate(self.blocks):
             block.checkpointing = mode if i % every == 0 else "none"
 
@@ -510,6 +538,16 @@ class CogVideoXTransformer(nn.Module):
         if c.positions == "sincos":
             video = video + table
         text = self.text_proj(text.to(dtype))
+        if c.learned_positions:
+            base = (c.base_latent_frames, *c.rope_base_grid)
+            if grid != base or text.shape[1] != c.max_text_len:
+                raise ValueError(
+                    f"learned positions exist for a {base} token grid and {c.max_text_len} text "
+                    f"tokens only, got {grid} and {text.shape[1]}"
+                )
+            table = self.pos_embedding.to(dtype)
+            text = text + table[:, : c.max_text_len]
+            video = video + table[:, c.max_text_len :]
         sinusoid = timestep_embedding(timesteps, c.dim, c.flip_sin_to_cos, c.freq_shift)
         temb = self.time_embed(sinusoid.to(dtype))
         return video, text, temb, rope
@@ -599,7 +637,9 @@ def _diffusers_key_map(config: TransformerConfig) -> dict[str, list[str]]:
         if bias:
             names[f"{ours}.bias"] = [f"{theirs}.bias"]
 
-    both("patch_embed", "patch_embed.proj")
+    both("patch_embed", "patch_embed.proj", bias=config.patch_bias)
+    if config.learned_positions:
+        names["pos_embedding"] = ["patch_embed.pos_embedding"]
     both("text_proj", "patch_embed.text_proj")
     both("time_embed.linear_1", "time_embedding.linear_1")
     both("time_embed.linear_2", "time_embedding.linear_2")

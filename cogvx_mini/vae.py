@@ -29,6 +29,7 @@ Weights of diffusers' model convert with :func:`vae_state_dict_from_diffusers`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -157,20 +158,40 @@ def _group_stats(
         means.append(m), variances.append(v), counts.append(e - s)
     if len(means) == 1:
         return means[0], torch.rsqrt(variances[0] + eps)
-    w = torch.tensor(counts, dtype=torch.float32, device=x.device) / x.shape[2]
-    m, v = torch.stack(means, -1), torch.stack(variances, -1)
-    mean = (m * w).sum(-1)
-    var = ((v + (m - mean[..., None]) ** 2) * w).sum(-1)
+    # Combine the slices exactly (Chan et al.): weights are Python floats, so no host-to-device
+    # copy (and no synchronisation) happens here.
+    w = [n / x.shape[2] for n in counts]
+    mean = sum(m * wi for m, wi in zip(means, w, strict=True))
+    var = sum((v + (m - mean) ** 2) * wi for m, v, wi in zip(means, variances, w, strict=True))
     return mean, torch.rsqrt(var + eps)
 
 
-def _normalise(x: torch.Tensor, stats, norm: nn.GroupNorm) -> torch.Tensor:
-    """Apply GroupNorm with precomputed ``stats`` to a slice ``[B, C, t, H, W]`` (float32 out)."""
+def _normalise(x: torch.Tensor, stats, norm: nn.GroupNorm, scale=None, shift=None) -> torch.Tensor:
+    """``silu(GroupNorm(x) [* scale + shift])`` on a slice ``[B, C, t, H, W]`` with precomputed
+    ``stats``, in float32 and then cast back to ``x.dtype``.
+
+    The normalisation and the affine map fold into one multiply-add per element,
+    ``x * a + b`` with ``a = rstd * weight`` and ``b = bias - mean * a`` per (batch, channel);
+    without autograd the rest runs in place, so a slice costs one float32 temporary.
+    """
     mean, rstd = stats
-    xg = rearrange(x.float(), "b (g c) t h w -> b g c t h w", g=norm.num_groups)
-    y = (xg - mean[:, :, None, None, None, None]) * rstd[:, :, None, None, None, None]
-    y = rearrange(y, "b g c t h w -> b (g c) t h w")
-    return y * norm.weight.float()[:, None, None, None] + norm.bias.float()[:, None, None, None]
+    g = norm.num_groups
+    per_group = x.shape[1] // g
+    weight = rearrange(norm.weight.float(), "(g c) -> g c", g=g)
+    a = rearrange(rstd[:, :, None] * weight, "b g c -> b (g c)")
+    b = norm.bias.float() - torch.repeat_interleave(mean, per_group, dim=1) * a
+    y = torch.addcmul(b[:, :, None, None, None], x, a[:, :, None, None, None])
+    grad = torch.is_grad_enabled()
+    if scale is not None:
+        y = y * scale + shift if grad else y.mul_(scale).add_(shift)
+    return F.silu(y, inplace=not grad).to(x.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _index_tensor(index: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    # Cached: creating an index tensor on a GPU copies from the host and synchronises; the same
+    # few patterns recur in every chunk.
+    return torch.tensor(index, device=device)
 
 
 def _nearest_time_index(frames_out: int, frames_in: int, split_first: bool) -> list[int]:
@@ -186,13 +207,14 @@ def _nearest_time_index(frames_out: int, frames_in: int, split_first: bool) -> l
 
 class GroupNorm3D(nn.GroupNorm):
     """GroupNorm over ``[B, C, T, H, W]`` (statistics over C/G, T, H, W) in two steps:
-    ``stats(x)`` over the chunk, then ``apply(slice, stats, ...)`` on any time slice."""
+    ``stats(x)`` over the chunk, then ``apply(slice, stats, ...)`` -> ``silu(norm(slice))`` on
+    any time slice (the SiLU that always follows is fused in)."""
 
     def stats(self, x: torch.Tensor, ctx: ChunkContext):
         return _group_stats(x, self.num_groups, self.eps, ctx.time_slice)
 
     def apply(self, x, stats, ctx: ChunkContext, start: int, frames: int) -> torch.Tensor:
-        return _normalise(x, stats, self).to(x.dtype)
+        return _normalise(x, stats, self)
 
 
 class SpatialNorm3D(nn.Module):
@@ -200,7 +222,8 @@ class SpatialNorm3D(nn.Module):
 
     ``zq`` ``[B, C_lat, T', h, w]`` is resized (nearest) to the feature map's ``T, H, W``; in the
     chunk holding the first frame, the first latent frame maps to the first feature frame only.
-    ``scale`` and ``shift`` are 1x1x1 convs, run on the latents before resizing.
+    ``scale`` and ``shift`` are 1x1x1 convs, run on the latents before resizing. Like
+    :class:`GroupNorm3D`, ``apply`` returns ``silu(norm(f) * scale + shift)`` for a time slice.
     """
 
     def __init__(self, channels: int, zq_channels: int, groups: int, eps: float = 1e-6) -> None:
@@ -219,15 +242,11 @@ class SpatialNorm3D(nn.Module):
     def apply(self, f, stats, ctx: ChunkContext, start: int, frames: int, mod=None) -> torch.Tensor:
         scale, shift = mod if mod is not None else self.modulation(ctx)
         index = _nearest_time_index(frames, ctx.zq.shape[2], ctx.first)[start : start + f.shape[2]]
-        idx = torch.tensor(index, device=f.device)
+        idx = _index_tensor(tuple(index), f.device)
         size = tuple(f.shape[2:])
         scale = F.interpolate(scale.index_select(2, idx), size=size)
         shift = F.interpolate(shift.index_select(2, idx), size=size)
-        return (_normalise(f, stats, self.norm) * scale + shift).to(f.dtype)
-
-    def forward(self, f: torch.Tensor, ctx: ChunkContext) -> torch.Tensor:
-        """``f [B, C, T, H, W]`` -> same shape (the whole chunk at once)."""
-        return self.apply(f, self.stats(f, ctx), ctx, 0, f.shape[2])
+        return _normalise(f, stats, self.norm, scale, shift)
 
 
 class ResnetBlock3D(nn.Module):
@@ -266,7 +285,7 @@ class ResnetBlock3D(nn.Module):
         out = None
         for s, e in slices:
             kw = {"mod": mod} if mod is not None else {}
-            a = F.silu(norm.apply(x[:, :, s:e], stats, ctx, s, x.shape[2], **kw))
+            a = norm.apply(x[:, :, s:e], stats, ctx, s, x.shape[2], **kw)  # norm + SiLU
             y = conv(a, ctx.cache)
             del a
             if len(slices) == 1:
@@ -335,7 +354,10 @@ class Upsample3D(nn.Module):
             t_out, index = t, list(range(t))
         out = None
         for s, e in time_slices(t_out, ctx.time_slice):
-            src = x.index_select(2, torch.tensor(index[s:e], device=x.device))
+            if self.compress_time:
+                src = x.index_select(2, _index_tensor(tuple(index[s:e]), x.device))
+            else:
+                src = x[:, :, s:e]
             frames = rearrange(src, "b c t h w -> (b t) c h w")
             y = self.conv(F.interpolate(frames, scale_factor=2.0, mode="nearest"))
             y = rearrange(y, "(b t) c h w -> b c t h w", b=b)

@@ -18,11 +18,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from cogvx_mini.diffusion import NoiseSchedule
 from cogvx_mini.transformer import (
     CogVideoXTransformer,
     TransformerConfig,
     transformer_state_dict_from_diffusers,
 )
+from cogvx_mini.vae import VAE3D, VAEConfig, vae_state_dict_from_diffusers
 
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "model.safetensors")
 
@@ -148,3 +150,48 @@ def transformer_from_diffusers(
         model = CogVideoXTransformer(config)
     converted = transformer_state_dict_from_diffusers(state, config)
     return _materialise(model, converted, dtype, device, "transformer")
+
+
+def vae_from_diffusers(
+    model_or_folder: torch.nn.Module | str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> VAE3D:
+    """A diffusers ``AutoencoderKLCogVideoX`` (object, or a folder in the diffusers layout) as a
+    :class:`~cogvx_mini.vae.VAE3D` in ``dtype`` on ``device``; ``config.scaling_factor`` is the
+    model's own (2B 1.15258426, 5B 0.7)."""
+    config_dict, state = _source(model_or_folder, "vae", dtype)
+    with torch.device("meta"):
+        model = VAE3D(VAEConfig.from_diffusers(config_dict))
+    converted = vae_state_dict_from_diffusers(state)
+    return _materialise(model, converted, dtype, device, "vae")
+
+
+def schedule_from_diffusers(folder: str | Path) -> NoiseSchedule:
+    """The noise schedule of a ``scheduler/scheduler_config.json`` (CogVideoXDDIMScheduler).
+
+    Raises ``ValueError`` for settings this sampler does not implement.
+    """
+    folder = Path(folder)
+    candidates = [folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"no scheduler/scheduler_config.json under {folder}")
+    c = json.loads(path.read_text())
+    expected = {
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "v_prediction",
+        "timestep_spacing": "trailing",
+        "clip_sample": False,
+        "set_alpha_to_one": True,
+    }
+    wrong = {k: c[k] for k, v in expected.items() if k in c and c[k] != v}
+    if wrong:
+        raise ValueError(f"scheduler settings not supported: {wrong} (expected {expected})")
+    return NoiseSchedule(
+        num_train_timesteps=c.get("num_train_timesteps", 1000),
+        beta_start=c.get("beta_start", 0.00085),
+        beta_end=c.get("beta_end", 0.012),
+        snr_shift_scale=c.get("snr_shift_scale", 3.0),
+        zero_terminal_snr=c.get("rescale_betas_zero_snr", False),
+    )

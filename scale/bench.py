@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from cogvx_mini.bench_transformer import matmul_peak  # noqa: E402
 from scale.config import check_world, load_config  # noqa: E402
 from scale.parallel import init_distributed  # noqa: E402
 
@@ -48,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (at least 1)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     return parser.parse_args(argv)
@@ -74,7 +75,7 @@ def run(config, d, args, path) -> dict:
     from cogvx_mini.transformer import count_parameters, forward_flops
     from scale.train import build
 
-    wrapper, tcfg = build(config, d, on_meta=True)
+    wrapper, tcfg = build(config, d, on_meta=True, independent_init=True)
     dp = check_world(config, d.world, tcfg.num_heads, tcfg.patch_size)
     micro = config.train.micro_batch
     frames, height, width = config.data.buckets[0]
@@ -91,19 +92,24 @@ def run(config, d, args, path) -> dict:
     )
     cuda = d.device.type == "cuda"
 
-    def one_step() -> None:
+    def one_step() -> torch.Tensor:
         if args.mode == "fwd":
             with torch.no_grad():
-                wrapper(latents, text, timesteps)
-            return
-        out = wrapper(latents, text, timesteps)
-        (out.float() - target).pow(2).mean().backward()
+                return (wrapper(latents, text, timesteps).float() - target).pow(2).mean()
+        loss = (wrapper(latents, text, timesteps).float() - target).pow(2).mean()
+        loss.backward()
         if args.mode == "step":
             torch.nn.utils.clip_grad_norm_(wrapper.parameters(), o.grad_clip)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
-    for _ in range(args.warmup):
+    # The loss before any update, averaged over ranks: the same for every parallel layout with
+    # the same data-parallel degree (the weights and each dp rank's inputs do not depend on it).
+    first_loss = one_step().reshape(1)
+    dist.all_reduce(first_loss)
+    first_loss = first_loss.item() / d.world
+    for _ in range(args.warmup - 1):
         one_step()
     if cuda:
         torch.cuda.synchronize()
@@ -117,13 +123,15 @@ def run(config, d, args, path) -> dict:
             torch.cuda.synchronize()
         dist.barrier()
         times.append(time.perf_counter() - tick)
-    peak = torch.tensor(torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0)
+    peak = torch.tensor(torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0, device=d.device)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX)
     per_step = statistics.median(times)
     flops = forward_flops(tcfg, *lat[1:], text_len, micro)["total"] * dp  # samples of one step
     flops *= 1 if args.mode == "fwd" else 3
     tflops_per_gpu = flops / per_step / d.world / 1e12
     peak_tflops = config.train.peak_tflops
+    # The practical peak of this very GPU, measured now (the datasheet's is rarely reached).
+    matmul_tflops = matmul_peak(d.device, torch.bfloat16, 8192) / 1e12 if cuda else None
     n_video = lat[1] * (lat[2] // tcfg.patch_size) * (lat[3] // tcfg.patch_size)
     result = {
         "config": str(path),
@@ -140,15 +148,23 @@ def run(config, d, args, path) -> dict:
         "activation_checkpointing": config.parallel.activation_checkpointing,
         "compile": config.parallel.compile,
         "cpu_offload": config.parallel.cpu_offload,
+        "first_loss": first_loss,
         "time_per_step_s": per_step,
         "times_s": times,
         "samples_per_s": dp * micro / per_step,
         "tflops_per_gpu": tflops_per_gpu,
         "mfu": tflops_per_gpu / peak_tflops if peak_tflops and cuda else None,
+        "matmul_peak_tflops": matmul_tflops,
+        "mfu_vs_measured_matmul": tflops_per_gpu / matmul_tflops if cuda else None,
         "peak_memory_gib": float(peak) if cuda else None,
     }
     if d.is_main:
         mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a (CPU)"
+        if cuda:
+            mfu += (
+                f" of {peak_tflops:.0f} (datasheet), {result['mfu_vs_measured_matmul']:.1%} "
+                f"of the {matmul_tflops:.0f} TFLOP/s measured for an 8192³ bf16 matmul"
+            )
         mem = f"{result['peak_memory_gib']:.1f} GiB" if cuda else "n/a (CPU)"
         print(
             f"{Path(path).stem} {args.mode} {frames}x{height}x{width} "
@@ -156,7 +172,8 @@ def run(config, d, args, path) -> dict:
             f"(dp {dp} x cp {d.cp}, micro-batch {micro}, "
             f"ckpt {config.parallel.activation_checkpointing}, compile {config.parallel.compile}, "
             f"offload {config.parallel.cpu_offload}): {per_step:.3f} s/step, "
-            f"{tflops_per_gpu:.1f} TFLOP/s per GPU, MFU {mfu}, peak memory {mem}",
+            f"{tflops_per_gpu:.1f} TFLOP/s per GPU, MFU {mfu}, peak memory {mem}, "
+            f"first loss {first_loss:.6f}",
             flush=True,
         )
         if args.json:

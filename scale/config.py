@@ -80,8 +80,9 @@ class OptimSection:
 @dataclass
 class TrainSection:
     """Steps and batch sizes. ``global_batch`` = data-parallel ranks x ``micro_batch`` x
-    accumulation steps; ``init_from``: a cogvx_mini transformer state dict (safetensors) to
-    fine-tune from; ``peak_tflops``: the accelerator's dense peak, for MFU (0: not reported)."""
+    accumulation steps. ``init_from``: weights to fine-tune from, a cogvx_mini transformer state
+    dict (safetensors) or a released model's diffusers folder. ``peak_tflops``: the
+    accelerator's dense peak, for MFU (0: not reported)."""
 
     steps: int = 1000
     global_batch: int = 8
@@ -266,8 +267,9 @@ def check_world(config: ScaleConfig, world_size: int, num_heads: int, patch_size
     """Check that ``config`` fits ``world_size`` ranks and a model with ``num_heads`` heads.
 
     Returns the data-parallel degree ``world_size / cp``. Raises ``ValueError`` naming the
-    numbers when the CP degree does not divide the world size or the heads, when a bucket's video
-    tokens do not divide by the CP degree, or when the global batch does not split evenly.
+    numbers when the CP degree does not divide the world size or the heads, when a bucket has
+    fewer video tokens than CP ranks (uneven shares are fine), or when the global batch does not
+    split evenly.
     """
     cp, t = config.parallel.cp, config.train
     if world_size % cp:
@@ -283,10 +285,9 @@ def check_world(config: ScaleConfig, world_size: int, num_heads: int, patch_size
         )
     for bucket in config.data.buckets:
         n = video_tokens(bucket, patch_size)
-        if n % cp:
+        if n < cp:
             raise ValueError(
-                f"sequence of {n} video tokens (bucket {bucket}) is not divisible by the CP "
-                f"degree {cp}"
+                f"sequence of {n} video tokens (bucket {bucket}) is shorter than the CP degree {cp}"
             )
     dp = world_size // cp
     if t.global_batch % (dp * t.micro_batch):

@@ -7,8 +7,8 @@ grouped in *buckets* of equal latent shape (a batch always comes from one bucket
   latents and text embeddings) with one ``.jsonl`` index per shard.
 - :class:`ToyLatents` makes samples from ``cogvx_mini.toyworld`` without a VAE or T5: the video is
   average-pooled to the latent grid (first frame alone, then groups of 4 frames, 8x8 pixels) and
-  its RGB mapped to ``C`` channels by a fixed matrix; each caption word maps to a fixed random
-  vector. Enough structure to learn from, cheap enough for tests on 2 CPU cores.
+  its RGB mapped to ``C`` channels by a fixed matrix; the caption goes through the library's
+  ``ToyTextEncoder``. Enough structure to learn from, cheap enough for tests on 2 CPU cores.
 
 :class:`BatchPlan` decides everything random about a step from ``(seed, step)`` alone: the bucket,
 the global batch's sample indices, their timesteps (explicit uniform sampling: the timestep range
@@ -19,7 +19,6 @@ trains on the same data whatever the number of GPUs, and a resumed run continues
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+
+from cogvx_mini.timestep_sampling import batch_timesteps
 
 # ---------------------------------------------------------------------------------------------
 # Datasets
@@ -50,20 +51,6 @@ class LatentDataset:
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-def _word_vector(word: str, dim: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(zlib.crc32(word.encode()))
-    return torch.randn(dim, generator=g)
-
-
-def toy_text_embedding(caption: str, length: int, dim: int) -> torch.Tensor:
-    """``[length, dim]``: one fixed random vector per caption word (crc32-seeded), zero padded."""
-    words = caption.split()[:length]
-    out = torch.zeros(length, dim)
-    for i, word in enumerate(words):
-        out[i] = _word_vector(word, dim)
-    return out
-
-
 def pseudo_latents(video: torch.Tensor, channels: int) -> torch.Tensor:
     """Toy stand-in for VAE latents: ``[3, 4k+1, H, W]`` -> ``[channels, k+1, H/8, W/8]``.
 
@@ -79,7 +66,7 @@ def pseudo_latents(video: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 class ToyLatents(LatentDataset):
-    """``samples`` toy-world scenes per bucket as pseudo-latents and toy text embeddings.
+    """``samples`` toy-world scenes per bucket as pseudo-latents and ``ToyTextEncoder`` embeddings.
 
     ``buckets``: pixel shapes ``(frames, height, width)``; scene seeds differ between buckets.
     """
@@ -92,15 +79,17 @@ class ToyLatents(LatentDataset):
         text_length: int,
         text_dim: int,
     ):
+        from cogvx_mini.text_encoder import ToyTextEncoder
         from cogvx_mini.toyworld import sample_video
 
+        encoder = ToyTextEncoder(text_dim, text_length)
         self.items: list[tuple[torch.Tensor, torch.Tensor, str]] = []
         self.buckets = {}
         for b, (frames, height, width) in enumerate(buckets):
             for i in range(samples):
                 video, caption = sample_video(b * 100_003 + i, frames, height, width)
                 lat = pseudo_latents(video, channels)
-                text = toy_text_embedding(caption, text_length, text_dim)
+                text = encoder.encode([caption])[0]
                 self.buckets.setdefault(tuple(lat.shape), []).append(len(self.items))
                 self.items.append((lat, text, caption))
 
@@ -168,10 +157,11 @@ class BatchPlan:
 
     The bucket is drawn with probability proportional to its size; samples are drawn without
     replacement within the bucket (with replacement if it is smaller than the global batch).
-    Timesteps follow explicit uniform sampling over the *global* batch: ``[0, T)`` is cut into
-    ``global_batch`` equal intervals and sample ``j`` draws uniformly from interval ``j``, so the
-    ranks together cover the whole range every step (with one sample per rank this is exactly
-    the paper's one interval per data-parallel rank).
+    Timesteps follow explicit uniform sampling over the *global* batch
+    (``cogvx_mini.timestep_sampling.batch_timesteps`` with one interval per sample): ``[0, T)`` is
+    cut into ``global_batch`` equal intervals and sample ``j`` draws uniformly from interval
+    ``j``, so the ranks together cover the whole range every step (with one sample per rank this
+    is exactly the paper's one interval per data-parallel rank), whatever the number of GPUs.
     """
 
     def __init__(
@@ -193,8 +183,8 @@ class BatchPlan:
         members = self.dataset.buckets[key]
         g = self.global_batch
         picks = rng.choice(len(members), size=g, replace=len(members) < g)
-        edges = np.linspace(0, self.num_timesteps, g + 1).astype(int)
-        timesteps = [int(rng.integers(edges[j], max(edges[j + 1], edges[j] + 1))) for j in range(g)]
+        generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        timesteps = batch_timesteps(g, g, self.num_timesteps, generator).tolist()
         noise_seeds = [int(s) for s in rng.integers(0, 2**62, size=g)]
         return StepPlan(key, [members[int(p)] for p in picks], timesteps, noise_seeds)
 

@@ -1,8 +1,7 @@
 """The training objective: v-prediction on latents with CogVideoX's noise schedule.
 
 Uses ``cogvx_mini.diffusion`` (zero-terminal-SNR schedule with the SNR shift, ``add_noise``,
-``v_target``, ``v_loss``). Until that module is on this branch, a minimal local equivalent
-(:mod:`scale._diffusion_fallback`) stands in with the same names.
+``v_target``, ``v_loss``); nothing here re-derives the algebra.
 """
 
 from __future__ import annotations
@@ -11,10 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-try:
-    from cogvx_mini.diffusion import NoiseSchedule, add_noise, v_loss, v_target
-except ImportError:  # pragma: no cover - the library module lands on another branch
-    from scale._diffusion_fallback import NoiseSchedule, add_noise, v_loss, v_target
+from cogvx_mini.diffusion import NoiseSchedule, add_noise, v_loss, v_target
 
 
 @dataclass

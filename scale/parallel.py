@@ -9,12 +9,13 @@
 - **Activation checkpointing** per block, the model's own (``full``: a block keeps only its
   input and recomputes the rest in the backward pass; ``selective``: it also keeps the attention
   output, the most expensive thing to recompute).
-- **Ulysses context parallelism** (DeepSpeed-Ulysses): each CP rank holds ``N / cp`` video tokens
-  (and their RoPE rows) through the whole block stack; only attention needs all tokens. Before
-  attention one all-to-all turns "my tokens, all heads" into "all tokens, my heads", attention runs
-  with the ordinary single-GPU kernel, and a second all-to-all turns it back. The 226 text tokens
-  are replicated on every CP rank (too few to split); each rank attends for its own heads and the
-  text outputs are all-gathered over heads.
+- **Ulysses context parallelism** (DeepSpeed-Ulysses): each CP rank holds about ``N / cp`` video
+  tokens (and their RoPE rows; shares differ by one token at most when ``cp`` does not divide
+  ``N``, e.g. 33,750 tokens of 97 frames over 4 or 8 ranks) through the whole block stack;
+  only attention needs all tokens. Before attention one all-to-all turns "my tokens, all heads"
+  into "all tokens, my heads", attention runs with the ordinary single-GPU kernel, and a second
+  all-to-all turns it back. The 226 text tokens are replicated on every CP rank (too few to
+  split); each rank attends for its own heads and the text outputs are all-gathered over heads.
 
 Why Ulysses and not ring attention: CogVideoX attends over the whole ``[text; video]`` sequence
 with no causal mask, so ring attention's load balancing buys nothing, while Ulysses keeps the
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,53 +46,69 @@ from torch import nn
 # Collectives with their adjoints as backward
 
 
+def shard_sizes(n: int, cp: int) -> list[int]:
+    """Tokens of each of ``cp`` ranks for ``n`` tokens: contiguous, as equal as possible
+    (17,550 over 4 -> 4388, 4388, 4387, 4387)."""
+    return [n // cp + (r < n % cp) for r in range(cp)]
+
+
 class _AllToAll(torch.autograd.Function):
-    """``x [cp, ...]``: chunk ``j`` goes to rank ``j``; the result's chunk ``i`` came from rank
-    ``i``. The operation is its own adjoint, so the backward pass is the same all-to-all."""
+    """Flat ``x``: its first ``send[0]`` values go to rank 0, the next ``send[1]`` to rank 1, ...;
+    the result holds ``recv[i]`` values from rank ``i``, in rank order. The adjoint is the
+    all-to-all with ``send`` and ``recv`` swapped."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.group = group
-        x = x.contiguous()
-        out = torch.empty_like(x)
-        dist.all_to_all_single(out, x, group=group)
+    def forward(ctx, x, send: list[int], recv: list[int], group: dist.ProcessGroup):
+        ctx.send, ctx.recv, ctx.group = send, recv, group
+        out = x.new_empty(sum(recv))
+        dist.all_to_all_single(out, x.contiguous(), recv, send, group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad = grad.contiguous()
-        out = torch.empty_like(grad)
-        dist.all_to_all_single(out, grad, group=ctx.group)
-        return out, None
+        out = grad.new_empty(sum(ctx.send))
+        dist.all_to_all_single(out, grad.contiguous(), ctx.send, ctx.recv, group=ctx.group)
+        return out, None, None, None
 
 
 class _AllGather(torch.autograd.Function):
-    """Concatenate every rank's ``x`` along ``dim``; backward sums the gradients of all copies
-    (every rank used the gathered tensor) and keeps this rank's slice."""
+    """Concatenate every rank's ``x`` along ``dim`` (rank ``i`` contributes ``sizes[i]`` rows);
+    backward sums the gradients of all copies (every rank used the gathered tensor) and keeps
+    this rank's rows."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-        ctx.dim, ctx.group = dim, group
-        ctx.rank, ctx.size = dist.get_rank(group), x.shape[dim]
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(parts, x.contiguous(), group=group)
-        return torch.cat(parts, dim=dim)
+    def forward(ctx, x, dim: int, sizes: list[int], group: dist.ProcessGroup):
+        rank = dist.get_rank(group)
+        ctx.dim, ctx.group, ctx.start, ctx.size = dim, group, sum(sizes[:rank]), sizes[rank]
+        padded = list(x.shape)
+        padded[dim] = max(sizes)  # collectives move equal sizes: pad, gather, trim
+        buf = x.new_zeros(padded)
+        buf.narrow(dim, 0, x.shape[dim]).copy_(x)
+        parts = [torch.empty_like(buf) for _ in sizes]
+        dist.all_gather(parts, buf, group=group)
+        return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True)], dim)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous()
         dist.all_reduce(grad, group=ctx.group)
-        return grad.narrow(ctx.dim, ctx.rank * ctx.size, ctx.size), None, None
+        return grad.narrow(ctx.dim, ctx.start, ctx.size), None, None, None
 
 
-def all_to_all(x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
-    """Differentiable all-to-all of ``x [cp, ...]`` over ``group`` (see :class:`_AllToAll`)."""
-    return _AllToAll.apply(x, group)
+def all_to_all(
+    x: torch.Tensor, send: list[int], recv: list[int], group: dist.ProcessGroup
+) -> torch.Tensor:
+    """Differentiable all-to-all of a flat tensor with per-rank split sizes."""
+    return _AllToAll.apply(x, send, recv, group)
 
 
-def all_gather(x: torch.Tensor, dim: int, group: dist.ProcessGroup) -> torch.Tensor:
-    """Differentiable all-gather along ``dim``; the gradient is summed over ranks."""
-    return _AllGather.apply(x, dim, group)
+def all_gather(
+    x: torch.Tensor, dim: int, group: dist.ProcessGroup, sizes: list[int] | None = None
+) -> torch.Tensor:
+    """Differentiable all-gather along ``dim`` (``sizes``: rows per rank, default all equal to
+    this rank's); the gradient is summed over ranks."""
+    sizes = sizes or [x.shape[dim]] * dist.get_world_size(group)
+    return _AllGather.apply(x, dim, sizes, group)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,10 +124,11 @@ def _default_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 class UlyssesAttention:
     """Context-parallel attention core: a drop-in for ``block.attn.core(q, k, v)``.
 
-    Each CP rank calls it with ``q, k, v [B, H, L + N/cp, d]``: the ``L`` replicated text tokens
-    then its own ``N/cp`` video tokens (``text_length`` is set by the driver before each forward).
-    Returns ``[B, H, L + N/cp, d]``, equal to the rows of unsplit attention over all ``L + N``
-    tokens that belong to this rank.
+    Each CP rank calls it with ``q, k, v [B, H, L + n_r, d]``: the ``L`` replicated text tokens,
+    then its own ``n_r`` video tokens, where ``sizes = [n_0, n_1, ...]`` (set by the driver with
+    ``text_length`` before each forward; ranks may hold one token more or less). Returns
+    ``[B, H, L + n_r, d]``, equal to the rows of unsplit attention over all ``L + N`` tokens that
+    belong to this rank.
     """
 
     def __init__(
@@ -122,28 +141,36 @@ class UlyssesAttention:
         self.rank = dist.get_rank(group)
         self.inner = inner or _default_attend
         self.text_length = 0
+        self.sizes: list[int] | None = None
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        b, h, n_local, d = q.shape
+        b, h, s, d = q.shape
         cp, L = self.cp, self.text_length
         if h % cp:
             raise ValueError(f"Ulysses attention needs heads divisible by cp={cp}, got {h}")
+        sizes = self.sizes or [s - L] * cp
+        n = sizes[self.rank]
+        if s != L + n:
+            raise ValueError(f"expected {L} text + {n} video tokens on rank {self.rank}, got {s}")
         hc = h // cp
         heads = slice(self.rank * hc, (self.rank + 1) * hc)
         qkv = torch.stack([q, k, v])  # [3, B, H, L + n, d]
         text = qkv[:, :, heads, :L]  # replicated: my heads need no communication
-        video = qkv[:, :, :, L:]
-        # [3, B, (cp hc), n, d] -> [cp, 3, B, hc, n, d]: chunk j (heads of rank j) goes to rank j.
-        video = video.unflatten(2, (cp, hc)).permute(2, 0, 1, 3, 4, 5)
-        video = all_to_all(video, self.group)  # chunk i: my heads of rank i's tokens
-        video = video.permute(1, 2, 3, 0, 4, 5).flatten(3, 4)  # [3, B, hc, cp * n, d]
-        q_, k_, v_ = torch.cat([text, video], dim=3).unbind(0)
-        out = self.inner(q_, k_, v_)  # [B, hc, L + N, d]
+        # Send rank j the heads of rank j for my n tokens; receive my heads of rank i's tokens.
+        video = qkv[:, :, :, L:].unflatten(2, (cp, hc)).permute(2, 0, 1, 3, 4, 5)
+        unit = 3 * b * hc * d  # values per token in one chunk
+        got = all_to_all(video.reshape(-1), [unit * n] * cp, [unit * m for m in sizes], self.group)
+        pieces = got.split([unit * m for m in sizes])
+        video = torch.cat([p.view(3, b, hc, m, d) for p, m in zip(pieces, sizes, strict=True)], 3)
+        q_, k_, v_ = torch.cat([text, video], dim=3).unbind(0)  # [B, hc, L + N, d] each
+        out = self.inner(q_, k_, v_)
         text_out = all_gather(out[:, :, :L], dim=1, group=self.group)  # [B, H, L, d]
-        # [B, hc, (cp n), d] -> [cp, B, hc, n, d]: rank j's tokens go back to rank j.
-        video_out = out[:, :, L:].unflatten(2, (cp, -1)).permute(2, 0, 1, 3, 4)
-        video_out = all_to_all(video_out, self.group)  # chunk i: heads of rank i, my tokens
-        video_out = video_out.permute(1, 0, 2, 3, 4).flatten(1, 2)  # [B, H, n, d]
+        # Send rank j my heads of its tokens; receive rank i's heads of my tokens.
+        unit = b * hc * d
+        parts = out[:, :, L:].split(sizes, dim=2)
+        flat = torch.cat([p.reshape(-1) for p in parts])
+        back = all_to_all(flat, [unit * m for m in sizes], [unit * n] * cp, self.group)
+        video_out = back.view(cp, b, hc, n, d).permute(1, 0, 2, 3, 4).flatten(1, 2)
         return torch.cat([text_out, video_out], dim=2)
 
 
@@ -156,7 +183,8 @@ class ParallelTransformer(nn.Module):
 
     ``forward(latents [B,C,T,H,W], text [B,L,D_text], timesteps [B]) -> [B,C,T,H,W]`` equals
     ``model(latents, text, timesteps)``. With a CP group of size ``cp``, each rank embeds the whole
-    input, keeps its contiguous ``N / cp`` video tokens and RoPE rows, runs every block on them
+    input, keeps its contiguous share of the ``N`` video tokens (``N / cp``, one more on the first
+    ``N mod cp`` ranks) and their RoPE rows, runs every block on them
     (attention's core swapped for :class:`UlyssesAttention`), and all-gathers the video tokens for
     the output layers, so every CP rank returns the whole output. Activation checkpointing is the
     model's own (``model.set_checkpointing``: ``full`` or ``selective``). Being the module that
@@ -188,20 +216,20 @@ class ParallelTransformer(nn.Module):
         video, text_tokens, temb, rope = model.embed(latents, text, timesteps)
         if self.cp > 1:
             n, cp = video.shape[1], self.cp
-            if n % cp:
-                raise ValueError(
-                    f"sequence of {n} video tokens is not divisible by the CP degree {cp}"
-                )
-            rows = slice(self.cp_rank * (n // cp), (self.cp_rank + 1) * (n // cp))
+            if n < cp:
+                raise ValueError(f"expected at least {cp} video tokens for CP degree {cp}, got {n}")
+            sizes = shard_sizes(n, cp)
+            start = sum(sizes[: self.cp_rank])
+            rows = slice(start, start + sizes[self.cp_rank])
             video = video[:, rows]
             if rope is not None:  # (cos, sin), each [N, head_dim]: one row per video token
                 rope = (rope[0][rows], rope[1][rows])
             for core in self.cores:
-                core.text_length = text_tokens.shape[1]
+                core.text_length, core.sizes = text_tokens.shape[1], sizes
         for block in model.blocks:
             video, text_tokens = block(video, text_tokens, temb, rope)
         if self.cp > 1:
-            video = all_gather(video, dim=1, group=self.cp_group)
+            video = all_gather(video, dim=1, group=self.cp_group, sizes=sizes)
         return model.unembed(video, text_tokens, temb, grid)
 
 
@@ -308,35 +336,49 @@ def apply_fsdp(
 
 
 @torch.no_grad()
-def materialize(wrapper: ParallelTransformer, device: torch.device, seed: int) -> None:
+def materialize(
+    wrapper: ParallelTransformer, device: torch.device, seed: int, independent: bool = False
+) -> None:
     """Allocate a model built on the ``meta`` device (and sharded) on ``device`` and initialise it
     there: every rank allocates only its shards, so no host ever holds the whole 5B model.
 
-    On an accelerator: LayerNorms and linears get their defaults, then the model's own
-    ``reset_parameters`` (AdaLN-zero), through DTensor's sharded random generator (values depend
-    on the sharding, unlike a CPU initialisation). With ``device="cpu"`` (FSDP's CPU offload, or
-    a CPU run) each local shard is drawn from N(0, 0.02) (LayerNorm weights 1, biases 0), which
-    is fine for benchmarks; fine-tune from weights (``train.init_from``) rather than train 5B from
-    scratch with offload.
+    Default: LayerNorms and linears get their defaults, then the model's own ``reset_parameters``
+    (AdaLN-zero), through DTensor's sharded random generator (values depend on the sharding,
+    unlike a CPU initialisation). ``independent=True`` (benchmarks, and always with ``device``
+    ``cpu``, i.e. FSDP's CPU offload): each parameter is drawn whole from a generator seeded by
+    its name — N(0, 0.02), LayerNorm weights 1, biases 0 — and this rank keeps its shard, so the
+    weights are the same for any number of GPUs and any parallel layout. Not the model's
+    initialisation: fine-tune from weights (``train.init_from``) rather than train from scratch
+    with CPU offload.
     """
     wrapper.to_empty(device=device)
-    torch.manual_seed(seed)
     model = wrapper.model
-    if device.type != "cpu":
+    if device.type != "cpu" and not independent:
+        torch.manual_seed(seed)
         for module in model.modules():
             if module is not model and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         model.reset_parameters()
         return
-    generator = torch.Generator().manual_seed(seed + dist.get_rank())
+    from torch.distributed.tensor import distribute_tensor
+
+    draw_on = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     for name, param in model.named_parameters():
-        local = param.to_local() if hasattr(param, "to_local") else param
+        full = torch.empty(param.shape, device=draw_on)
         if name.endswith("bias"):
-            local.zero_()
+            full.zero_()
         elif param.ndim == 1:
-            local.fill_(1.0)
+            full.fill_(1.0)
         else:
-            local.normal_(0.0, 0.02, generator=generator)
+            g = torch.Generator(device=draw_on).manual_seed(
+                seed * 1_000_003 + zlib.crc32(name.encode())
+            )
+            full.normal_(0.0, 0.02, generator=g)
+        if hasattr(param, "to_local"):
+            local = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+            param.to_local().copy_(local.to_local())
+        else:
+            param.copy_(full)
 
 
 def load_full_state_dict(wrapper: ParallelTransformer, state: dict[str, torch.Tensor]) -> None:

@@ -1,16 +1,18 @@
 """Videos + captions -> cached VAE latents and text embeddings, sharded and resumable.
 
     torchrun --nproc_per_node=8 scale/precompute.py --videos DIR --out CACHE \
-        --config scale/configs/cogvideox_5b.yaml --vae-weights vae.safetensors --t5 /path/to/t5
+        --config scale/configs/cogvideox_5b.yaml --vae-weights /weights/CogVideoX-5b \
+        --t5 /weights/CogVideoX-5b              # a released model's diffusers folder
     python scale/precompute.py --videos DIR --out CACHE --config scale/configs/tiny.yaml \
         --vae-weights mini --text-encoder toy                        # the toy world on a CPU
 
 ``DIR`` holds video files (mp4, gif, webm, mov, avi, mkv) and a caption list: ``captions.jsonl``
 (one ``{"file": ..., "caption": ...}`` per line) or ``captions.csv`` (columns ``file,caption``).
-Every video is frame-packed to the config bucket nearest in aspect ratio (the largest frame
-count it fills; a shorter clip repeats its last frame; a longer one is subsampled uniformly then
-truncated), resized and centre-cropped, encoded by the VAE (the posterior mean times the scaling
-factor) and its caption by the text encoder. Videos are cut into shards of ``--shard-size``;
+Every video is frame-packed with ``cogvx_mini.frame_pack`` to the config bucket nearest in
+aspect ratio (the longest frame count it fills; a shorter clip repeats its last frame; a longer
+one is subsampled with stride ``T // frames`` then truncated), resized and centre-cropped,
+encoded by the VAE (the posterior mean times the scaling factor) and its caption by the text
+encoder. Videos are cut into shards of ``--shard-size``;
 rank ``r`` of ``w`` encodes shards ``r, r + w, ...``. A shard is written atomically (tensors
 first, then its ``.jsonl`` index), so an interrupted run resumes by skipping finished shards.
 Unreadable videos are skipped with a warning and counted.
@@ -29,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -80,46 +81,9 @@ def read_captions(folder: str | Path) -> list[Item]:
     return sorted(items, key=lambda it: it.path.name)
 
 
-def read_video(path: Path) -> torch.Tensor:
-    """``[3, T, H, W]`` float in [-1, 1] from a video file (imageio)."""
-    import imageio.v3 as iio
-
-    frames = iio.imread(path)  # [T, H, W, C] uint8 (a still image gives [H, W, C])
-    if frames.ndim == 3:
-        frames = frames[None]
-    video = torch.from_numpy(frames[..., :3].copy()).permute(3, 0, 1, 2).float()
-    return video / 127.5 - 1
-
-
-def choose_bucket(frames: int, height: int, width: int, buckets: list[list[int]]) -> list[int]:
-    """The bucket nearest in aspect ratio, then the largest frame count ``<= frames`` (or the
-    smallest one if the clip is shorter than all)."""
-    aspect = width / height
-    best = min(abs(b[2] / b[1] - aspect) for b in buckets)
-    same = [b for b in buckets if abs(abs(b[2] / b[1] - aspect) - best) < 1e-9]
-    fitting = [b for b in same if b[0] <= frames]
-    return max(fitting, key=lambda b: b[0]) if fitting else min(same, key=lambda b: b[0])
-
-
-def pack_frames(video: torch.Tensor, frames: int) -> torch.Tensor:
-    """``[C, T, H, W]`` -> ``[C, frames, H, W]``: repeat the last frame if too short, else
-    subsample uniformly (keeping the clip's whole duration) then keep the first ``frames``."""
-    t = video.shape[1]
-    if t < frames:
-        pad = video[:, -1:].expand(-1, frames - t, -1, -1)
-        return torch.cat([video, pad], dim=1)
-    stride = max(1, t // frames)
-    return video[:, ::stride][:, :frames]
-
-
-def resize_crop(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Scale ``[C, T, H, W]`` so it covers ``height x width``, then crop the centre."""
-    _, _, h, w = video.shape
-    scale = max(height / h, width / w)
-    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
-    video = F.interpolate(video.transpose(0, 1), size=(nh, nw), mode="bilinear", antialias=True)
-    top, left = (nh - height) // 2, (nw - width) // 2
-    return video[:, :, top : top + height, left : left + width].transpose(0, 1).clamp(-1, 1)
+def frame_stride(frames_available: int, frames: int) -> int:
+    """The subsampling stride that keeps a long clip's whole duration: ``T // frames`` (>= 1)."""
+    return max(1, frames_available // frames)
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -144,6 +108,8 @@ def precompute(
     from tqdm import tqdm
 
     from cogvx_mini.checkpoint import save_weights
+    from cogvx_mini.frame_pack import Bucket, assign_bucket, pack_to_bucket
+    from cogvx_mini.video_io import read_video
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,12 +128,13 @@ def precompute(
             bar.update(1)
             try:
                 video = read_video(item.path)
-            except Exception as err:  # noqa: BLE001 - any decoder error means "unusable"
+            except ValueError as err:
                 warnings.warn(f"skipping unreadable video {item.path}: {err}", stacklevel=2)
                 counts["unreadable"] += 1
                 continue
-            frames, height, width = choose_bucket(*video.shape[1:], buckets)
-            video = resize_crop(pack_frames(video, frames), height, width)
+            bucket = assign_bucket(*video.shape[1:], [Bucket(*b) for b in buckets])
+            stride = frame_stride(video.shape[1], bucket.frames)
+            video = pack_to_bucket(video, bucket, stride).clamp(-1, 1)
             with torch.no_grad():
                 latents = encode_video(video[None]).float().cpu().contiguous()
                 text = encode_text([item.caption])[0].float().cpu().contiguous()
@@ -188,42 +155,41 @@ def precompute(
 
 
 def build_video_encoder(weights: str, preset: str, device: torch.device) -> VideoEncoder:
-    """The cogvx_mini VAE: ``weights`` is ``mini`` (the shipped mini VAE) or a safetensors path
-    of a cogvx_mini VAE state dict of ``preset`` (``mini`` or ``cogvideox``)."""
-    from cogvx_mini import checkpoint
-    from cogvx_mini import vae as vae_module
+    """The cogvx_mini VAE: ``weights`` is ``mini`` (the shipped mini VAE), a released model's
+    diffusers folder (its ``vae/``, converted; the scaling factor is the model's own), or a
+    safetensors path of a cogvx_mini VAE state dict of ``preset`` (``mini`` or ``cogvideox``).
+    Returns ``encode(video [1, 3, T, H, W]) -> latents [16, T', H/8, W/8]`` (posterior mean x
+    scaling factor)."""
+    from cogvx_mini.checkpoint import load_weights
+    from cogvx_mini.vae import VAE3D, VAEConfig
 
-    load_weights = checkpoint.load_weights
-    config_cls = vae_module.VAEConfig
-    config = config_cls.mini() if preset == "mini" else config_cls.cogvideox()
-    vae = vae_module.VAE3D(config)
     if weights == "mini":
-        path = Path(__import__("cogvx_mini").__file__).parent / "assets" / "vae_mini.safetensors"
-        vae.load_state_dict(load_weights(path))
+        vae = VAE3D.from_pretrained_mini()
+    elif Path(weights).is_dir():
+        from cogvx_mini.weights import vae_from_diffusers
+
+        vae = vae_from_diffusers(weights)
     else:
+        vae = VAE3D(VAEConfig.mini() if preset == "mini" else VAEConfig.cogvideox())
         vae.load_state_dict(load_weights(weights))
-    vae = vae.to(device).eval()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    vae = vae.to(dtype)
+    vae = vae.to(device, dtype).eval().requires_grad_(False)
+    scale = vae.config.scaling_factor
 
     def encode(video: torch.Tensor) -> torch.Tensor:
-        posterior = vae.encode(video.to(device, dtype))
-        return (posterior.mean * config.scaling_factor)[0]
+        return (vae.encode(video.to(device, dtype)).mean * scale)[0]
 
     return encode
 
 
 def build_text_encoder(kind: str, length: int, dim: int, device: torch.device) -> TextEncoder:
-    """``toy`` (fixed word vectors, :func:`scale.data.toy_text_embedding`) or a local T5 folder
-    (``cogvx_mini.text_encoder``; nothing is downloaded)."""
+    """``toy`` (``cogvx_mini.text_encoder.ToyTextEncoder``) or a local T5 folder
+    (``T5TextEncoder``; nothing is downloaded)."""
+    from cogvx_mini.text_encoder import T5TextEncoder, ToyTextEncoder
+
     if kind == "toy":
-        from scale.data import toy_text_embedding
-
-        return lambda prompts: torch.stack([toy_text_embedding(p, length, dim) for p in prompts])
-    from cogvx_mini import text_encoder
-
-    encoder = text_encoder.T5TextEncoder(kind, max_length=length, device=device)
-    return lambda prompts: encoder.encode(prompts)
+        return ToyTextEncoder(dim, length).encode
+    return T5TextEncoder(kind, max_length=length, device=device).encode
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -233,9 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--videos", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--vae-weights", required=True, help="'mini' or a safetensors path")
+    parser.add_argument(
+        "--vae-weights", required=True, help="'mini', a diffusers folder or a safetensors path"
+    )
     parser.add_argument("--vae-config", choices=("mini", "cogvideox"), default=None)
-    parser.add_argument("--t5", default=None, help="local T5 folder (default: toy encoder)")
+    parser.add_argument(
+        "--t5", default=None, help="local T5 or diffusers folder (default: the toy encoder)"
+    )
     parser.add_argument("--text-encoder", choices=("toy",), default=None)
     parser.add_argument("--shard-size", type=int, default=64)
     args = parser.parse_args(argv)

@@ -8,8 +8,8 @@
 embeddings) or ``toy`` (the toy world as pseudo-latents, for tests). ``--set key=value``
 overrides the config (``--set train.steps=100 --set parallel.cp=2``). The run resumes from the
 newest complete checkpoint under ``OUT/checkpoints`` unless ``--no-resume``; ``train.init_from``
-fine-tunes from a cogvx_mini transformer state dict (safetensors, e.g. converted released
-weights). Rank 0 shows a progress bar and writes ``OUT/metrics.jsonl``; at the end it writes
+fine-tunes from a cogvx_mini transformer state dict (safetensors) or a released model's diffusers
+folder. Rank 0 shows a progress bar and writes ``OUT/metrics.jsonl``; at the end it writes
 ``OUT/transformer.safetensors`` and ``OUT/transformer_ema.safetensors``.
 """
 
@@ -187,17 +187,20 @@ def export_weights(out: Path, wrapper, ema: EMA, d: Dist) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def build(config: ScaleConfig, d: Dist, on_meta: bool | None = None):
+def build(
+    config: ScaleConfig, d: Dist, on_meta: bool | None = None, independent_init: bool = False
+):
     """The transformer, wrapped for context parallelism and sharded with FSDP2.
 
     On the CPU every rank builds the whole model from the same seed (so runs on any number of
     processes start from identical weights). On CUDA it is built on the ``meta`` device, sharded,
     then allocated and initialised shard by shard on the GPU. ``train.init_from`` loads a
-    cogvx_mini state dict (read by rank 0 only on CUDA, then broadcast). ``on_meta`` forces
-    one path or the other (the benchmark uses the meta path on the CPU too).
+    cogvx_mini state dict or a diffusers folder (on CUDA read by rank 0 only, then broadcast).
+    ``on_meta`` forces one path or the other (the benchmark uses the meta path on the CPU too);
+    ``independent_init``: weights that do not depend on the sharding (see ``materialize``).
     """
     from cogvx_mini.transformer import CogVideoXTransformer
-    from scale.model import load_transformer_weights
+    from scale.model import check_state_dict, load_transformer_weights, read_init_weights
 
     tcfg = config.transformer_config()
     p = config.parallel
@@ -214,14 +217,19 @@ def build(config: ScaleConfig, d: Dist, on_meta: bool | None = None):
     offload = p.cpu_offload and cuda  # CPU runs hold everything on the CPU anyway
     apply_fsdp(wrapper, d.mesh, precision, offload, p.compile)
     if on_meta:
-        materialize(wrapper, torch.device("cpu") if offload else d.device, config.train.seed)
+        init_device = torch.device("cpu") if offload else d.device
+        materialize(wrapper, init_device, config.train.seed, independent_init)
         if config.train.init_from:
-            state = {}
-            if d.is_main:
-                with torch.device("meta"):
-                    reference = CogVideoXTransformer(tcfg)
-                load_transformer_weights(reference, config.train.init_from, assign=True)
-                state = reference.state_dict()
+            state, error = {}, [None]
+            if d.is_main:  # rank 0 reads the file; the others receive their shards
+                try:
+                    state = read_init_weights(config.train.init_from)
+                    check_state_dict(model, state, config.train.init_from)
+                except (OSError, ValueError) as err:
+                    error = [f"{type(err).__name__}: {err}"]
+            dist.broadcast_object_list(error, src=0)  # every rank fails, none waits forever
+            if error[0]:
+                raise ValueError(error[0])
             load_full_state_dict(wrapper, state)
     return wrapper, tcfg
 
@@ -248,6 +256,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cuda", "cpu"), default=None)
     parser.add_argument(
         "--stop-after", type=int, default=None, help="stop after this step (an interruption)"
+    )
+    parser.add_argument(
+        "--no-export", action="store_true", help="skip writing the full weights at the end"
+    )
+    parser.add_argument(
+        "--no-checkpoints", action="store_true", help="never save a checkpoint (still resumes)"
     )
     return parser.parse_args(argv)
 
@@ -390,15 +404,17 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
         stop = args.stop_after is not None and step + 1 >= args.stop_after
-        if (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps or stop:
+        due = (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps or stop
+        if due and not args.no_checkpoints:
             save_checkpoint(ckpt_dir, step + 1, wrapper, optimizer, ema, config, d)
         if stop:
             bar.close()
             return
     bar.close()
-    export_weights(args.out, wrapper, ema, d)
+    if not args.no_export:
+        export_weights(args.out, wrapper, ema, d)
     if d.is_main:
-        print(f"done: weights in {args.out}", flush=True)
+        print(f"done: {args.out}", flush=True)
         metrics.close()
 
 

@@ -5,6 +5,7 @@ from cogvx_mini.rope import (
     apply_rope,
     positions_extrapolated,
     positions_interpolated,
+    rope_1d,
     rope_3d,
     rope_split,
     sincos_3d,
@@ -107,3 +108,10 @@ def test_sincos_3d_layout():
     # the interpolation scale divides the positions: w = 2 at scale 2 is w = 1 at scale 1
     plain = sincos_3d(64, (3, 4, 5), spatial_scale=1.0).reshape(3, 4, 5, 64)
     torch.testing.assert_close(emb[:, :, 2, 16:40], plain[:, :, 1, 16:40])
+
+
+def test_rope_1d_is_the_time_group_of_rope_3d():
+    cos_1d, sin_1d = rope_1d(16, torch.arange(4))
+    cos, sin = rope_3d(64, (4, 1, 1))
+    torch.testing.assert_close(cos[:, :16], cos_1d)
+    torch.testing.assert_close(sin[:, :16], sin_1d)

@@ -1,6 +1,7 @@
 """scale/bench.py's CPU smoke mode, and loading released weights into a sharded model."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -57,6 +58,13 @@ def _sharded_load(rank, world, path):
     materialize(wrapper, torch.device("cpu"), seed=0)
     shard = next(wrapper.parameters())
     assert shard.to_local().shape[0] * world == shard.shape[0]  # really sharded
+    # The benchmark's initialisation does not depend on the sharding.
+    with torch.device("meta"):
+        whole = ParallelTransformer(CogVideoXTransformer(_config()))
+    materialize(whole, torch.device("cpu"), seed=0)
+    drawn = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True))
+    for k, v in whole.state_dict().items():
+        assert torch.equal(drawn[k], v), k
     load_full_state_dict(wrapper, load_weights(path) if rank == 0 else {})
     full = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True))
     if rank == 0:
@@ -72,3 +80,35 @@ def test_released_weights_load_into_the_sharded_model(tmp_path):
     torch.manual_seed(1)
     path = save_weights(CogVideoXTransformer(_config()).state_dict(), tmp_path / "w.safetensors")
     run_gloo(_sharded_load, 2, str(path))
+
+
+def test_init_from_a_diffusers_folder(tmp_path):
+    """``train.init_from`` may name a released model's folder (diffusers layout)."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    small = dict(num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4)
+    small.update(time_embed_dim=24, text_embed_dim=20, num_layers=2, max_text_seq_length=7)
+    reference = diffusers.CogVideoXTransformer3DModel(**small).eval()
+    reference.save_pretrained(tmp_path / "transformer")
+    config = TransformerConfig.from_diffusers_config(dict(reference.config))
+    model = CogVideoXTransformer(config)
+    load_transformer_weights(model, tmp_path)
+    latents = torch.randn(1, 4, 2, 4, 6)
+    text = torch.randn(1, 7, 20)
+    t = torch.tensor([300])
+    with torch.no_grad():
+        ours = model(latents, text, t)
+        theirs = reference(latents.transpose(1, 2), text, t, return_dict=False)[0].transpose(1, 2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_wrong_init_weights_stop_every_rank(tmp_path):
+    """Rank 0 reads ``train.init_from``; its error reaches the other rank instead of a hang."""
+    path = save_weights(CogVideoXTransformer(_config(num_layers=3)).state_dict(), tmp_path / "w")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
+    cmd += [str(ROOT / "scale" / "bench.py"), "--device", "cpu", "--set"]
+    cmd += [f"train.init_from={path}", "--steps", "1", "--warmup", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert run.returncode != 0
+    assert run.stderr.count("another transformer config") >= 2, run.stderr[-3000:]

@@ -47,9 +47,11 @@ def test_world_checks_name_the_numbers():
     config = config_from_dict({"parallel": {"cp": 4}})
     with pytest.raises(ValueError, match="must divide the model's 30 attention heads"):
         check_world(config, 8, num_heads=30)
-    config = config_from_dict({"parallel": {"cp": 4}, "data": {"buckets": [[49, 480, 720]]}})
-    with pytest.raises(ValueError, match="17550 video tokens .* not divisible by the CP degree 4"):
+    config = config_from_dict({"parallel": {"cp": 8}, "data": {"buckets": [[1, 32, 32]]}})
+    with pytest.raises(ValueError, match=r"4 video tokens \(bucket \[1, 32, 32\]\) is shorter"):
         check_world(config, 8, num_heads=48)
+    config = config_from_dict({"parallel": {"cp": 4}, "data": {"buckets": [[97, 480, 720]]}})
+    assert check_world(config, 8, num_heads=48) == 2  # 33,750 tokens: shares of 8438 and 8437
     config = config_from_dict({"parallel": {"cp": 2}, "data": {"buckets": [[49, 480, 720]]}})
     assert check_world(config, 8, num_heads=48) == 4  # data-parallel degree
     config = config_from_dict({"train": {"global_batch": 6, "micro_batch": 1}})

@@ -6,10 +6,13 @@ import pytest
 import scale_helpers  # noqa: F401
 import torch
 
+from cogvx_mini.checkpoint import save_weights
+from cogvx_mini.text_encoder import ToyTextEncoder
 from cogvx_mini.toyworld import sample_video
+from cogvx_mini.vae import VAE3D, VAEConfig
 from cogvx_mini.video_io import save_video
-from scale.data import BatchPlan, LatentCache, ToyLatents, pseudo_latents, toy_text_embedding
-from scale.precompute import choose_bucket, pack_frames, precompute, read_captions
+from scale.data import BatchPlan, LatentCache, ToyLatents, pseudo_latents
+from scale.precompute import build_video_encoder, frame_stride, precompute, read_captions
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +32,6 @@ def test_pseudo_latents_follow_the_objects():
     assert lat.shape == (4, 3, 8, 8)
     assert not torch.allclose(lat[:, 0], lat[:, -1])  # things move
     assert torch.equal(lat, pseudo_latents(video, 4))
-
-
-def test_toy_text_embedding_is_per_word():
-    a = toy_text_embedding("a red circle", 5, 8)
-    b = toy_text_embedding("a blue circle", 5, 8)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and not torch.equal(a[1], b[1])
-    assert torch.equal(a[3:], torch.zeros(2, 8))
 
 
 def test_batch_plan_is_deterministic_stratified_and_one_bucket(toy):
@@ -78,7 +74,7 @@ def test_precompute_cache_round_trip_and_resume(tmp_path):
         calls.append(v.shape)
         return pseudo_latents(v[0], 4)
 
-    encode_text = lambda prompts: torch.stack([toy_text_embedding(p, 6, 8) for p in prompts])
+    encode_text = ToyTextEncoder(8, 6).encode
     buckets = [[9, 32, 32], [5, 16, 32]]
     with pytest.warns(UserWarning, match="skipping unreadable video"):
         counts = precompute(items, cache, buckets, encode_video, encode_text, shard_size=4)
@@ -104,11 +100,50 @@ def test_a_folder_without_usable_videos_is_named(tmp_path):
         LatentCache(tmp_path / "empty")
 
 
-def test_frame_pack_and_bucket_choice():
-    video = torch.arange(20.0).view(1, 20, 1, 1)
-    assert pack_frames(video, 9)[0, :, 0, 0].tolist() == [0, 2, 4, 6, 8, 10, 12, 14, 16]
-    assert pack_frames(video[:, :3], 5)[0, :, 0, 0].tolist() == [0, 1, 2, 2, 2]
-    buckets = [[9, 32, 32], [17, 32, 32], [9, 32, 64]]
-    assert choose_bucket(13, 30, 30, buckets) == [9, 32, 32]
-    assert choose_bucket(40, 30, 30, buckets) == [17, 32, 32]
-    assert choose_bucket(3, 30, 62, buckets) == [9, 32, 64]
+def test_long_clips_keep_their_duration():
+    assert frame_stride(20, 9) == 2 and frame_stride(5, 9) == 1
+
+
+def test_video_encoder_from_vae_weights(tmp_path):
+    torch.manual_seed(0)
+    vae = VAE3D(VAEConfig.mini())
+    path = save_weights(vae.state_dict(), tmp_path / "vae.safetensors")
+    encode = build_video_encoder(str(path), "mini", torch.device("cpu"))
+    video, _ = sample_video(0, 9, 32, 32)
+    latents = encode(video[None])
+    expected = vae.eval().encode(video[None]).mean[0] * vae.config.scaling_factor
+    assert latents.shape == (16, 3, 4, 4)
+    torch.testing.assert_close(latents, expected)
+
+
+def test_real_data_path_end_to_end(tmp_path):
+    """Toy world written as video files -> precompute CLI (mini VAE, toy text encoder) ->
+    ``torchrun scale/train.py --data CACHE`` on two processes."""
+    from scale_helpers import ROOT, torchrun
+
+    from cogvx_mini.toyworld import write_dataset
+    from scale import precompute as precompute_cli
+
+    write_dataset(tmp_path / "videos", 6, frames=9, height=32, width=32, fmt="gif")
+    torch.manual_seed(0)
+    vae_path = save_weights(VAE3D(VAEConfig.mini()).state_dict(), tmp_path / "vae.safetensors")
+    config = str(ROOT / "scale" / "configs" / "tiny.yaml")
+    precompute_cli.main(
+        ["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "cache"), "--config", config]
+        + ["--vae-weights", str(vae_path), "--vae-config", "mini", "--shard-size", "4"]
+    )
+    cache = LatentCache(tmp_path / "cache")
+    assert len(cache) == 6 and list(cache.buckets) == [(16, 3, 4, 4)]
+    out = tmp_path / "run"
+    args = ["--config", config, "--data", str(tmp_path / "cache"), "--out", str(out)]
+    args += [
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.global_batch=4",
+        "--set",
+        "train.micro_batch=2",
+    ]
+    log = torchrun(2, *args)
+    assert "dp=2 x cp=1), 6 samples in 1 buckets" in log.stdout
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

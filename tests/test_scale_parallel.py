@@ -6,7 +6,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from scale_helpers import run_gloo
 
-from scale.parallel import UlyssesAttention, all_gather
+from scale.parallel import UlyssesAttention, all_gather, shard_sizes
 
 
 def _ulysses_matches_unsplit(rank, world, text_len, n_video, heads):
@@ -18,11 +18,12 @@ def _ulysses_matches_unsplit(rank, world, text_len, n_video, heads):
     ref = F.scaled_dot_product_attention(*ref_in)
     (ref * g).sum().backward()
 
-    n = n_video // world
-    rows = torch.cat([torch.arange(text_len), text_len + rank * n + torch.arange(n)])
+    sizes = shard_sizes(n_video, world)
+    start = sum(sizes[:rank])
+    rows = torch.cat([torch.arange(text_len), text_len + start + torch.arange(sizes[rank])])
     local = [x[:, :, rows].clone().requires_grad_() for x in (q, k, v)]
     core = UlyssesAttention(dist.group.WORLD, inner=F.scaled_dot_product_attention)
-    core.text_length = text_len
+    core.text_length, core.sizes = text_len, sizes
     out = core(*local)
     torch.testing.assert_close(out, ref[:, :, rows], rtol=1e-5, atol=1e-6)
 
@@ -41,7 +42,8 @@ def _ulysses_matches_unsplit(rank, world, text_len, n_video, heads):
 
 
 def test_ulysses_attention_equals_unsplit_forward_and_backward_on_3_ranks():
-    run_gloo(_ulysses_matches_unsplit, 3, 5, 9, 6)
+    """10 video tokens over 3 ranks: shares of 4, 3 and 3."""
+    run_gloo(_ulysses_matches_unsplit, 3, 5, 10, 6)
 
 
 def _gather_adjoint(rank, world):
@@ -56,6 +58,17 @@ def _gather_adjoint(rank, world):
     )
 
 
+def _uneven_gather_adjoint(rank, world):
+    sizes = [3, 2]
+    x = torch.full((1, sizes[rank], 2), float(rank + 1), requires_grad=True)
+    y = all_gather(x, dim=1, group=dist.group.WORLD, sizes=sizes)
+    assert y[0, :, 0].tolist() == [1, 1, 1, 2, 2]
+    (y * torch.arange(5.0).view(1, 5, 1)).sum().backward()
+    start = sum(sizes[:rank])
+    expected = world * torch.arange(start, start + sizes[rank], dtype=torch.float32)
+    torch.testing.assert_close(x.grad[0, :, 0], expected)
+
+
 def _heads_not_divisible(rank, world):
     core = UlyssesAttention(dist.group.WORLD, inner=F.scaled_dot_product_attention)
     q = torch.randn(1, 3, 4, 8)
@@ -63,7 +76,7 @@ def _heads_not_divisible(rank, world):
         core(q, q, q)
 
 
-def _cp_model_matches_unsplit(rank, world, positions, checkpointing):
+def _cp_model_matches_unsplit(rank, world, positions, checkpointing, grid=(3, 4, 6)):
     from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
     from scale.parallel import ParallelTransformer
 
@@ -72,7 +85,7 @@ def _cp_model_matches_unsplit(rank, world, positions, checkpointing):
     model = CogVideoXTransformer(config)
     for p in model.parameters():  # leave AdaLN-zero's identity: make every path carry gradient
         torch.nn.init.normal_(p, std=0.05)
-    latents = torch.randn(2, config.in_channels, 3, 4, 6)  # 3 x 2 x 3 = 18 video tokens
+    latents = torch.randn(2, config.in_channels, *grid)  # (T, H/2, W/2) video tokens
     text = torch.randn(2, 5, config.text_dim)
     timesteps = torch.tensor([10, 900])
     target = torch.randn_like(latents)
@@ -96,11 +109,13 @@ def _cp_model_matches_unsplit(rank, world, positions, checkpointing):
 def _on_two_ranks(rank, world):
     _ulysses_matches_unsplit(rank, world, 3, 10, 4)
     _gather_adjoint(rank, world)
+    _uneven_gather_adjoint(rank, world)
     _heads_not_divisible(rank, world)
     # 5B-like (RoPE rows sharded with the tokens) and 2B-like (sincos added before the split),
     # with the collectives re-run inside recomputed blocks.
     _cp_model_matches_unsplit(rank, world, "rope", "full")
-    _cp_model_matches_unsplit(rank, world, "sincos", "selective")
+    # 3 x 1 x 3 = 9 video tokens: shares of 5 and 4
+    _cp_model_matches_unsplit(rank, world, "sincos", "selective", grid=(3, 2, 6))
 
 
 def test_context_parallel_on_2_ranks_equals_unsplit_forward_and_backward():

@@ -40,7 +40,8 @@ SMALL = dict(
 LIKE = {
     "2b": {},
     "5b": {"use_rotary_positional_embeddings": True},
-    "1.5": {"use_rotary_positional_embeddings": True, "patch_size_t": 2},
+    "1.5": {"use_rotary_positional_embeddings": True, "patch_size_t": 2, "patch_bias": False},
+    "2b without patch bias": {"patch_bias": False},
 }
 
 
@@ -128,10 +129,37 @@ def test_key_mismatch_lists_the_keys():
         KeyError, match=r"missing \['proj_out.bias'\], unexpected \['extra.weight'\]"
     ):
         transformer_state_dict_from_diffusers(state, config)
-    with pytest.raises(ValueError, match="learned"):
-        TransformerConfig.from_diffusers_config(
-            {"use_rotary_positional_embeddings": True, "use_learned_positional_embeddings": True}
-        )
+    with pytest.raises(ValueError, match="learned positions exist only with RoPE"):
+        TransformerConfig.from_diffusers_config({"use_learned_positional_embeddings": True})
+    with pytest.raises(ValueError, match="ofs_embed_dim"):
+        TransformerConfig.from_diffusers_config({"ofs_embed_dim": 512})
+
+
+def test_image_to_video_variant_with_learned_positions():
+    """5B-I2V: 2x input channels (the image latent), RoPE plus a stored [text; video] embedding
+    that only exists for the training grid and the full text length."""
+    torch.manual_seed(0)
+    kwargs = {**SMALL, "in_channels": 8, "use_rotary_positional_embeddings": True}
+    theirs = CogVideoXTransformer3DModel(**kwargs, use_learned_positional_embeddings=True).eval()
+    with torch.no_grad():  # a "learned" table, text rows included
+        theirs.patch_embed.pos_embedding.normal_()
+    config = TransformerConfig.from_diffusers_config(dict(theirs.config))
+    assert config.learned_positions and config.in_channels == 8 and config.out_channels == 4
+    ours = CogVideoXTransformer(config).eval()
+    ours.load_state_dict(transformer_state_dict_from_diffusers(theirs.state_dict(), config))
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(2, 8, 3, 8, 12, generator=g)  # the training grid: 3 x 4 x 6 tokens
+    text = torch.randn(2, 7, 20, generator=g)
+    steps = torch.tensor([3.0, 901.0])
+    rope = _diffusers_rope(theirs, 3, 8, 12)
+    with torch.no_grad():
+        ref = theirs(latents.transpose(1, 2), text, steps, image_rotary_emb=rope, return_dict=False)
+        out = ours(latents, text, steps)
+    ref = ref[0].transpose(1, 2)
+    assert out.shape == ref.shape == (2, 4, 3, 8, 12)
+    assert ((out - ref).norm() / ref.norm()).item() <= 1e-5
+    with pytest.raises(ValueError, match="learned positions exist for a"):
+        ours(latents[..., :8], text, steps)
 
 
 @pytest.mark.parametrize(

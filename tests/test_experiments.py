@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+
+from cogvx_mini import experiments
+from cogvx_mini.experiments import (
+    ABLATIONS,
+    BUDGETS,
+    detrended_std,
+    main,
+    run,
+    summary,
+    track_residual,
+    verdict,
+)
+
+
+def _check_schema(result: dict, arms: list[str]) -> None:
+    for key in ("name", "claim", "budget", "budget_settings", "device", "seeds", "seconds"):
+        assert key in result, key
+    assert list(result["arms"]) == arms
+    assert set(result["primary"]) <= set(result["higher_is_better"])
+    for arm in result["arms"].values():
+        assert arm["parameters"] > 0
+        assert len(arm["loss_curves"]) == len(result["seeds"])
+        for c in arm["loss_curves"]:
+            assert c and all(x == x and x > 0 for x in c)  # finite, positive losses
+        for metric in result["primary"]:
+            m = arm["metrics"][metric]
+            assert len(m["values"]) == len(result["seeds"])
+            assert m["min"] <= m["mean"] <= m["max"]
+    json.dumps(result)  # JSON-ready
+
+
+def test_vae_ablation_end_to_end(tmp_path):
+    main(["vae_3d_vs_2d", "--budget", "tiny", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "vae_3d_vs_2d.json").read_text())
+    assert (tmp_path / "vae_3d_vs_2d.png").stat().st_size > 1000
+    _check_schema(result, ["3d_causal", "2d_per_frame"])
+    a, b = result["arms"]["3d_causal"], result["arms"]["2d_per_frame"]
+    # The arms really differ in the switched setting: time kernel and temporal compression.
+    assert a["setting"]["time_kernel"] == 3 and b["setting"]["time_kernel"] == 1
+    assert a["setting"]["temporal_compression"] == 4 and b["setting"]["temporal_compression"] == 1
+    assert a["latent_shape"][1] == 2 and b["latent_shape"][1] == 5  # 5 frames in
+    # ... at about the same latent size (within 15%).
+    assert 0.85 < a["latent_values"] / b["latent_values"] < 1.15
+    assert a["loss_curves"] != b["loss_curves"]
+    # Figures are redrawn from the JSON alone.
+    (tmp_path / "vae_3d_vs_2d.png").unlink()
+    main(["all", "--plot-only", "--out", str(tmp_path)])
+    assert (tmp_path / "vae_3d_vs_2d.png").is_file()
+
+
+def test_explicit_uniform_arms_differ_only_in_strata():
+    result = run("explicit_uniform_sampling", "tiny", seeds=[0], log=lambda s: None)
+    _check_schema(result, ["explicit_uniform", "independent"])
+    a, b = result["arms"]["explicit_uniform"], result["arms"]["independent"]
+    assert a["setting"]["timestep_strata"] == BUDGETS["tiny"].batch
+    assert b["setting"]["timestep_strata"] == 1
+    assert a["config"] == b["config"] and a["parameters"] == b["parameters"]
+    assert a["loss_curves"] != b["loss_curves"]
+    assert len(a["loss_per_timestep_bucket"][0]) == 10
+
+
+def test_unknown_names_fail_early():
+    with pytest.raises(ValueError, match="expected an ablation"):
+        run("nope", "tiny")
+    with pytest.raises(ValueError, match="expected a budget"):
+        run("frame_pack", "huge")
+    assert set(experiments.RUNNERS) == set(ABLATIONS)
+
+
+def test_helpers():
+    s = summary([1.0, 3.0])
+    assert s["mean"] == 2.0 and s["min"] == 1.0 and s["max"] == 3.0 and s["std"] > 1.4
+    # A straight constant-velocity track has no residual; a jump has one.
+    assert track_residual([(0.0, 1.0 * i) for i in range(6)]) < 1e-9
+    assert track_residual([(0.0, 1.0 * i + (5.0 if i == 3 else 0.0)) for i in range(6)]) > 1
+    # Step-to-step noise: a smooth curve has none, added noise is measured.
+    smooth = torch.linspace(1, 0.1, 200).tolist()
+    noisy = (torch.linspace(1, 0.1, 200) + 0.05 * torch.randn(200)).tolist()
+    assert detrended_std(smooth) < 1e-6 < 0.03 < detrended_std(noisy) < 0.08
+
+
+def test_verdict_needs_a_gap_larger_than_the_spread():
+    def result(a, b):
+        arms = {"paper": a, "other": b}
+        return {
+            "arms": {n: {"metrics": {"loss": summary(v)}} for n, v in arms.items()},
+            "primary": ["loss"],
+            "higher_is_better": {"loss": False},
+        }
+
+    assert verdict(result([1.0, 1.0], [1.0, 1.0]))[0]["outcome"] == "within spread"
+    assert verdict(result([1.0, 1.1], [2.0, 2.1]))[0]["outcome"] == "agrees"
+    assert verdict(result([2.0, 2.1], [1.0, 1.1]))[0]["outcome"] == "disagrees"
+    assert verdict(result([1.0, 1.5], [1.2, 1.7]))[0]["outcome"] == "within spread"
+
+
+def test_latent_vae_does_not_depend_on_what_ran_before(monkeypatch):
+    weights = []
+    for state in (1, 2):
+        monkeypatch.setattr(experiments, "_LATENT_VAE", {})
+        torch.manual_seed(state)  # another ablation ran before: the global RNG moved on
+        vae, _ = experiments.latent_vae(BUDGETS["tiny"], "cpu", log=lambda s: None)
+        weights.append(torch.cat([p.flatten() for p in vae.parameters()]))
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)

@@ -1,0 +1,106 @@
+"""scale/sample.py against diffusers' CogVideoXPipeline on a tiny random model saved to disk."""
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+from diffusers import (  # noqa: E402
+    AutoencoderKLCogVideoX,
+    CogVideoXDDIMScheduler,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
+)
+from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
+
+from scale.sample import main, sample  # noqa: E402
+
+PROMPT = "a small red circle moves left"
+
+
+def _tiny_pipeline(like_5b: bool) -> CogVideoXPipeline:
+    words = "a small large red blue circle square moves left right up down while"
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(words.split())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", 1)]
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    t5 = transformers.T5EncoderModel(
+        transformers.T5Config(
+            vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4
+        )
+    )
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        time_embed_dim=16,
+        text_embed_dim=16,
+        num_layers=2,
+        sample_height=4,
+        sample_width=6,
+        sample_frames=9,
+        use_rotary_positional_embeddings=like_5b,
+    )
+    vae = AutoencoderKLCogVideoX(
+        block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4
+    )
+    scheduler = CogVideoXDDIMScheduler(
+        rescale_betas_zero_snr=True,
+        snr_shift_scale=3.0,
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+        clip_sample=False,
+    )
+    return CogVideoXPipeline(tokenizer, t5, vae, transformer, scheduler)
+
+
+@pytest.mark.parametrize("like_5b,dynamic_cfg", [(False, False), (True, True)])
+def test_same_video_as_diffusers_pipeline(tmp_path, like_5b, dynamic_cfg):
+    _tiny_pipeline(like_5b).save_pretrained(tmp_path)
+    pipe = CogVideoXPipeline.from_pretrained(tmp_path)  # as users load it: eval mode, no dropout
+    kwargs = dict(num_frames=9, height=32, width=48, num_inference_steps=4, guidance_scale=6.0)
+    ref = pipe(
+        PROMPT,
+        **kwargs,
+        use_dynamic_cfg=dynamic_cfg,
+        generator=torch.Generator().manual_seed(3),
+        output_type="pt",
+    ).frames  # [B, T, C, H, W] in [0, 1]
+    ours = sample(
+        tmp_path,
+        [PROMPT],
+        steps=4,
+        guidance=6.0,
+        dynamic_cfg=dynamic_cfg,
+        seed=3,
+        frames=9,
+        height=32,
+        width=48,
+        dtype=torch.float32,
+        device="cpu",
+        tiled=False,
+        progress=False,
+    )
+    ours = (ours / 2 + 0.5).transpose(1, 2)
+    assert ours.shape == ref.shape == (1, 9, 3, 32, 48)
+    assert ref.std() > 0.01  # a real picture, not a constant
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_cli_writes_a_video(tmp_path):
+    pipe = _tiny_pipeline(like_5b=True)
+    pipe.save_pretrained(tmp_path / "model")
+    out = tmp_path / "v.gif"
+    paths = main(
+        ["--model", str(tmp_path / "model"), "--prompt", PROMPT, "--out", str(out)]
+        + ["--steps", "2", "--frames", "5", "--height", "32", "--width", "32", "--dtype", "fp32"]
+    )
+    assert paths == [out] and out.stat().st_size > 0
+    with pytest.raises(ValueError, match="4k\\+1|frames"):
+        main(["--model", str(tmp_path / "model"), "--prompt", PROMPT, "--frames", "8"])
