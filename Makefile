@@ -21,8 +21,9 @@ demo: $(STAMP)
 
 # Retrain the shipped mini transformer from scratch (CPU, about 30 minutes on 2 cores; resumes if
 # interrupted) and overwrite cogvx_mini/assets/transformer_mini.safetensors.
+# Retrain the shipped mini transformer (on the shipped VAE's latents); DEVICE=cuda on a GPU.
 train: $(STAMP)
-	$(BIN)/python -m cogvx_mini.train --out $(OUT)/train --ship
+	$(BIN)/python -m cogvx_mini.train --out $(OUT)/train --device $(DEVICE) --ship $(TRAIN_ARGS)
 
 test: $(STAMP) lint pytest chapters book-check
 
