@@ -11,7 +11,7 @@ from diffusers import (  # noqa: E402
     CogVideoXPipeline,
     CogVideoXTransformer3DModel,
 )
-from tokenizers import Tokenizer, models, pre_tokenizers, processors  # noqa: E402
+from tiny_models import tiny_t5  # noqa: E402
 
 from scale.sample import main, sample  # noqa: E402
 
@@ -19,22 +19,7 @@ PROMPT = "a small red circle moves left"
 
 
 def _tiny_pipeline(like_5b: bool) -> CogVideoXPipeline:
-    words = "a small large red blue circle square moves left right up down while"
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(words.split())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", 1)]
-    )
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-    torch.manual_seed(0)
-    t5 = transformers.T5EncoderModel(
-        transformers.T5Config(
-            vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4
-        )
-    )
+    tokenizer, t5 = tiny_t5(num_layers=1)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2,
         attention_head_dim=16,

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from tiny_models import tiny_t5
 
 from cogvx_mini.text_encoder import T5TextEncoder, ToyTextEncoder
 
@@ -31,27 +32,10 @@ def test_toy_encoder_separates_words_and_clauses():
 
 def _save_tiny_t5(folder):
     """A randomly initialised tiny T5 encoder and a word-level tokenizer, saved locally."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    words = "a small large red green blue circle square triangle moves left right up down while"
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(words.split())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", 1)]
-    )
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-    fast.save_pretrained(folder / "tokenizer")
-    config = transformers.T5Config(
-        vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4
-    )
-    torch.manual_seed(0)
-    model = transformers.T5EncoderModel(config)
+    tokenizer, model = tiny_t5()
+    tokenizer.save_pretrained(folder / "tokenizer")
     model.save_pretrained(folder / "text_encoder")
-    return fast, model
+    return tokenizer, model
 
 
 def test_t5_encoder_from_a_local_folder(tmp_path, monkeypatch):

@@ -21,22 +21,11 @@ from diffusers.models.embeddings import (  # noqa: E402
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import (  # noqa: E402
     get_resize_crop_region_for_grid,
 )
+from tiny_models import SMALL_TRANSFORMER  # noqa: E402
 
 # Small configs shaped like the released models: 2B (sincos positions), 5B (3D-RoPE), 1.5
 # (temporal patch 2, RoPE sliced from a larger table). The training grid is 8 x 12 latents.
-SMALL = dict(
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    time_embed_dim=24,
-    text_embed_dim=20,
-    num_layers=2,
-    sample_height=8,
-    sample_width=12,
-    sample_frames=9,
-    max_text_seq_length=7,
-)
+SMALL = SMALL_TRANSFORMER
 LIKE = {
     "2b": {},
     "5b": {"use_rotary_positional_embeddings": True},

@@ -10,26 +10,14 @@ from cogvx_mini.weights import LazySafetensors, component_folder, transformer_fr
 
 pytest.importorskip("diffusers")
 from diffusers import CogVideoXTransformer3DModel  # noqa: E402
-
-SMALL = dict(
-    num_attention_heads=2,
-    attention_head_dim=16,
-    in_channels=4,
-    out_channels=4,
-    time_embed_dim=24,
-    text_embed_dim=20,
-    num_layers=2,
-    sample_height=8,
-    sample_width=12,
-    max_text_seq_length=7,
-)
+from tiny_models import SMALL_TRANSFORMER  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A random 2B-shaped transformer saved in the diffusers layout, in several shards."""
     torch.manual_seed(0)
-    model = CogVideoXTransformer3DModel(**SMALL).eval()
+    model = CogVideoXTransformer3DModel(**SMALL_TRANSFORMER).eval()
     root = tmp_path_factory.mktemp("cogvideox")
     model.save_pretrained(root / "transformer", max_shard_size="40KB")
     return model, root
