@@ -29,10 +29,11 @@ def _worker(rank: int, world: int, port: int, fn, args) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank))
     os.environ.update(WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-    finally:
-        dist.destroy_process_group()
+    fn(rank, world, *args)
+    # No rank tears its gloo connections down while another still uses them (that aborts the
+    # other process: "terminate called without an active exception").
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def run_gloo(fn, world: int, *args) -> None:
