@@ -53,10 +53,7 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device, dtype) 
     error = ((out - ref).norm() / ref.norm()).item()
 
     schedule = NoiseSchedule.cogvideox_2b()
-    scheduler = CogVideoXDDIMScheduler(
-        rescale_betas_zero_snr=True, snr_shift_scale=3.0, prediction_type="v_prediction",
-        timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False,
-    )  # fmt: skip
+    scheduler = CogVideoXDDIMScheduler(**schedule.to_diffusers_config())
     scheduler.set_timesteps(args.steps, device=device)
     guidance = 6.0
 

@@ -13,6 +13,7 @@ from diffusers import (  # noqa: E402
 )
 from tiny_models import tiny_t5  # noqa: E402
 
+from cogvx_mini.diffusion import NoiseSchedule  # noqa: E402
 from scale.sample import main, sample  # noqa: E402
 
 PROMPT = "a small red circle moves left"
@@ -34,14 +35,7 @@ def _tiny_pipeline(like_5b: bool) -> CogVideoXPipeline:
     vae = AutoencoderKLCogVideoX(
         block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4
     )
-    scheduler = CogVideoXDDIMScheduler(
-        rescale_betas_zero_snr=True,
-        snr_shift_scale=3.0,
-        prediction_type="v_prediction",
-        timestep_spacing="trailing",
-        set_alpha_to_one=True,
-        clip_sample=False,
-    )
+    scheduler = CogVideoXDDIMScheduler(**NoiseSchedule.cogvideox_2b().to_diffusers_config())
     return CogVideoXPipeline(tokenizer, t5, vae, transformer, scheduler)
 
 

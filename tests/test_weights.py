@@ -6,7 +6,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cogvx_mini.weights import LazySafetensors, component_folder, transformer_from_diffusers
+from cogvx_mini.diffusion import NoiseSchedule
+from cogvx_mini.weights import (
+    LazySafetensors,
+    component_folder,
+    schedule_from_diffusers,
+    transformer_from_diffusers,
+)
 
 pytest.importorskip("diffusers")
 from diffusers import CogVideoXTransformer3DModel  # noqa: E402
@@ -65,3 +71,12 @@ def test_bad_folders_say_what_is_wrong(saved, tmp_path):
     save_file(state, folder / "diffusion_pytorch_model.safetensors")
     with pytest.raises(KeyError, match=r"missing \['proj_out.bias'\]"):
         transformer_from_diffusers(tmp_path)
+
+
+@pytest.mark.parametrize("make", [NoiseSchedule.cogvideox_2b, NoiseSchedule.cogvideox_5b])
+def test_schedule_round_trips_through_a_diffusers_scheduler_config(tmp_path, make):
+    from diffusers import CogVideoXDDIMScheduler
+
+    schedule = make()
+    CogVideoXDDIMScheduler(**schedule.to_diffusers_config()).save_pretrained(tmp_path / "scheduler")
+    assert schedule_from_diffusers(tmp_path) == schedule
