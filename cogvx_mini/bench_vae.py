@@ -21,6 +21,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -94,6 +95,18 @@ def measure(
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.float(), b.float()
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def _to_channels_last(model: torch.nn.Module, undo: bool = False) -> None:
+    """Conv weights in channels-last layout (5-D: ``channels_last_3d``, 4-D: ``channels_last``)."""
+    for p in model.parameters():
+        if p.dim() in (4, 5):
+            fmt = (
+                torch.contiguous_format
+                if undo
+                else (torch.channels_last_3d if p.dim() == 5 else torch.channels_last)
+            )
+            p.data = p.data.to(memory_format=fmt)
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -176,25 +189,43 @@ def run(args: argparse.Namespace) -> list[dict]:
         record("decode", "diffusers tiled", lambda: ref.decode(latents).sample, dec_ref)
         ref.disable_tiling()
 
-    def ours_decode(time_slice, tiled=False, channels_last=False):
+    def ours_decode(time_slice, tiled=False, channels_last=False, tile=None):
         def fn():
             ours.time_slice = time_slice
             z = latents.to(memory_format=torch.channels_last_3d) if channels_last else latents
-            return ours.decode(z, tiled=tiled)
+            config = ours.config
+            if tile is not None:  # no overlap along an axis the tile spans whole
+                overlap = tuple(
+                    0.0 if tile[k] >= latents.shape[3 + k] * config.spatial_compression else o
+                    for k, o in enumerate(config.tile_overlap)
+                )
+                ours.config = replace(config, tile_sample_size=tile, tile_overlap=overlap)
+            try:
+                return ours.decode(z, tiled=tiled)
+            finally:
+                ours.config = config
 
         return fn
 
-    variants = [("VAE3D whole chunk", None, False, False)]
+    variants = [("VAE3D whole chunk", None, False, False, None)]
     for ts in args.time_slice:
-        variants.append((f"VAE3D streaming time_slice={ts}", ts, False, False))
-        if cuda and args.channels_last:
-            variants.append((f"VAE3D streaming ts={ts} channels_last", ts, False, True))
-    variants.append(("VAE3D tiled", args.time_slice[0] if args.time_slice else None, True, False))
+        variants.append((f"VAE3D streaming time_slice={ts}", ts, False, False, None))
+    variants.append(("VAE3D tiled", None, True, False, None))
+    for ts in args.time_slice[:1]:
+        variants.append((f"VAE3D tiled time_slice={ts}", ts, True, False, None))
+    if args.tile:
+        tile = tuple(args.tile)
+        for ts in [None, *args.time_slice]:
+            name = f"VAE3D tiled {tile[0]}x{tile[1]}" + (f" time_slice={ts}" if ts else "")
+            variants.append((name, ts, True, False, tile))
+    if cuda and args.channels_last:
+        variants += [(n + " channels_last", ts, t, True, tl) for n, ts, t, _, tl in variants]
     if not args.skip_decode:
-        if cuda and args.channels_last:
-            ours.to(memory_format=torch.channels_last_3d)
-        for name, ts, tiled, cl in variants:
-            record("decode", name, ours_decode(ts, tiled, cl), dec_ref)
+        for name, ts, tiled, cl, tile in variants:
+            if cl:
+                _to_channels_last(ours)
+            record("decode", name, ours_decode(ts, tiled, cl, tile), dec_ref)
+        _to_channels_last(ours, undo=True)
     del dec_ref
 
     if not args.skip_encode:
@@ -205,8 +236,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             ref.disable_tiling()
             with torch.inference_mode():
                 enc_ref = ref.encode(video).latent_dist.mean if args.check else None
-        for name, ts, tiled, _ in variants:
-            if "channels_last" in name:
+        for name, ts, tiled, cl, tile in variants:
+            if cl or tile is not None:
                 continue
 
             def fn(ts=ts, tiled=tiled):
@@ -229,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--time-slice", type=int, nargs="*", default=None)
     p.add_argument("--channels-last", action="store_true", help="also try channels_last_3d")
+    p.add_argument("--tile", type=int, nargs=2, default=None, help="also decode with H W tiles")
     p.add_argument("--check", action="store_true", help="compare outputs with diffusers")
     p.add_argument("--skip-diffusers", action="store_true")
     p.add_argument("--skip-untiled-reference", action="store_true")

@@ -153,6 +153,8 @@ def _group_stats(
     """
     xg = rearrange(x, "b (g c) t h w -> b g c t h w", g=groups)
     means, variances, counts = [], [], []
+    if time_slice is None and x.dtype != torch.float32:
+        time_slice = 2  # the float32 copy is made 2 frames at a time, never for the whole chunk
     for s, e in time_slices(x.shape[2], time_slice):
         v, m = torch.var_mean(xg[:, :, :, s:e].float(), dim=(2, 3, 4, 5), correction=0)
         means.append(m), variances.append(v), counts.append(e - s)
@@ -168,11 +170,14 @@ def _group_stats(
 
 def _normalise(x: torch.Tensor, stats, norm: nn.GroupNorm, scale=None, shift=None) -> torch.Tensor:
     """``silu(GroupNorm(x) [* scale + shift])`` on a slice ``[B, C, t, H, W]`` with precomputed
-    ``stats``, in float32 and then cast back to ``x.dtype``.
+    ``stats``, returned in ``x.dtype``.
 
-    The normalisation and the affine map fold into one multiply-add per element,
-    ``x * a + b`` with ``a = rstd * weight`` and ``b = bias - mean * a`` per (batch, channel);
-    without autograd the rest runs in place, so a slice costs one float32 temporary.
+    The normalisation, the affine map and the modulation fold into one multiply-add per element,
+    ``x * A + B``: ``A = rstd · weight [· scale]`` and ``B = (bias - mean · rstd · weight)
+    [· scale + shift]`` are computed in float32 at low resolution (per channel, or per latent
+    pixel for the spatial norm, whose ``scale``/``shift`` ``[B, C, t, h, w]`` are resized to
+    ``H, W`` by a broadcast instead of a nearest-neighbour copy). Without autograd this is one
+    pass writing ``x.dtype`` (arithmetic in float32) plus an in-place SiLU.
     """
     mean, rstd = stats
     g = norm.num_groups
@@ -180,11 +185,23 @@ def _normalise(x: torch.Tensor, stats, norm: nn.GroupNorm, scale=None, shift=Non
     weight = rearrange(norm.weight.float(), "(g c) -> g c", g=g)
     a = rearrange(rstd[:, :, None] * weight, "b g c -> b (g c)")
     b = norm.bias.float() - torch.repeat_interleave(mean, per_group, dim=1) * a
-    y = torch.addcmul(b[:, :, None, None, None], x, a[:, :, None, None, None])
-    grad = torch.is_grad_enabled()
+    a, b = a[:, :, None, None, None], b[:, :, None, None, None]
+    bsz, c, t, height, width = x.shape
+    view = x
     if scale is not None:
-        y = y * scale + shift if grad else y.mul_(scale).add_(shift)
-    return F.silu(y, inplace=not grad).to(x.dtype)
+        h, w = scale.shape[-2:]  # the decoder's feature maps are whole multiples of h, w
+        a, b = a * scale.float(), b * scale.float() + shift.float()
+        # Nearest resizing by whole factors repeats each latent pixel: a broadcast over (i, j).
+        pattern = "b c t (h i) (w j) -> b c t h i w j"
+        view = rearrange(x, pattern, h=h, w=w)
+        a = rearrange(a, "b c t h w -> b c t h 1 w 1")
+        b = rearrange(b, "b c t h w -> b c t h 1 w 1")
+    if torch.is_grad_enabled():
+        y = F.silu(view * a + b).to(x.dtype)
+        return y.reshape(x.shape)
+    out = torch.empty_like(x)  # keeps x's memory format (channels-last stays channels-last)
+    torch.addcmul(b, view, a, out=out if view is x else rearrange(out, pattern, h=h, w=w))
+    return F.silu(out, inplace=True)
 
 
 @functools.lru_cache(maxsize=256)
@@ -243,10 +260,10 @@ class SpatialNorm3D(nn.Module):
         scale, shift = mod if mod is not None else self.modulation(ctx)
         index = _nearest_time_index(frames, ctx.zq.shape[2], ctx.first)[start : start + f.shape[2]]
         idx = _index_tensor(tuple(index), f.device)
-        size = tuple(f.shape[2:])
-        scale = F.interpolate(scale.index_select(2, idx), size=size)
-        shift = F.interpolate(shift.index_select(2, idx), size=size)
-        return _normalise(f, stats, self.norm, scale, shift)
+        # Resized in time here (a few latent frames); in space inside _normalise (a broadcast).
+        return _normalise(
+            f, stats, self.norm, scale.index_select(2, idx), shift.index_select(2, idx)
+        )
 
 
 class ResnetBlock3D(nn.Module):
@@ -277,17 +294,27 @@ class ResnetBlock3D(nn.Module):
         self.shortcut = nn.Conv3d(cin, cout, 1) if cin != cout else None
 
     @staticmethod
-    def _norm_act_conv(norm, conv: CausalConv3d, x: torch.Tensor, ctx: ChunkContext):
-        """``conv(silu(norm(x)))`` slice by slice; chunk-wide norm statistics, cached conv."""
+    def _norm_act_conv(
+        norm, conv: CausalConv3d, x: torch.Tensor, ctx: ChunkContext, residual=None
+    ) -> torch.Tensor:
+        """``conv(silu(norm(x))) [+ residual]`` slice by slice; chunk-wide norm statistics,
+        cached conv. Without autograd the sum is written into ``residual`` itself, slice by
+        slice: streaming then holds no separate output buffer."""
         stats = norm.stats(x, ctx)
         mod = norm.modulation(ctx) if isinstance(norm, SpatialNorm3D) else None
         slices = time_slices(x.shape[2], ctx.time_slice)
-        out = None
+        in_place = residual is not None and not torch.is_grad_enabled()
+        out = residual if in_place else None
         for s, e in slices:
             kw = {"mod": mod} if mod is not None else {}
             a = norm.apply(x[:, :, s:e], stats, ctx, s, x.shape[2], **kw)  # norm + SiLU
             y = conv(a, ctx.cache)
             del a
+            if in_place:
+                out[:, :, s:e] += y
+                continue
+            if residual is not None:
+                y = y + residual[:, :, s:e]
             if len(slices) == 1:
                 return y
             if out is None:
@@ -296,10 +323,11 @@ class ResnetBlock3D(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, ctx: ChunkContext) -> torch.Tensor:
+        """Without autograd and without a shortcut conv, ``x`` is overwritten (the output)."""
         h = self._norm_act_conv(self.norm1, self.conv1, x, ctx)
-        h = self._norm_act_conv(self.norm2, self.conv2, h, ctx)
         if self.shortcut is None:
-            return h.add_(x)
+            return self._norm_act_conv(self.norm2, self.conv2, h, ctx, residual=x)
+        h = self._norm_act_conv(self.norm2, self.conv2, h, ctx)
         for s, e in time_slices(x.shape[2], ctx.time_slice):
             h[:, :, s:e] += self.shortcut(x[:, :, s:e])
         return h
@@ -378,10 +406,8 @@ class DownBlock3D(nn.Module):
         )
         self.downsample = Downsample3D(cout, compress_time) if downsample else None
 
-    def forward(self, x: torch.Tensor, ctx: ChunkContext) -> torch.Tensor:
-        for resnet in self.resnets:
-            x = resnet(x, ctx)
-        return self.downsample(x, ctx) if self.downsample is not None else x
+    def layers(self) -> list[nn.Module]:
+        return [*self.resnets, *([self.downsample] if self.downsample is not None else [])]
 
 
 class UpBlock3D(nn.Module):
@@ -392,10 +418,8 @@ class UpBlock3D(nn.Module):
         )
         self.upsample = Upsample3D(cout, compress_time) if upsample else None
 
-    def forward(self, x: torch.Tensor, ctx: ChunkContext) -> torch.Tensor:
-        for resnet in self.resnets:
-            x = resnet(x, ctx)
-        return self.upsample(x, ctx) if self.upsample is not None else x
+    def layers(self) -> list[nn.Module]:
+        return [*self.resnets, *([self.upsample] if self.upsample is not None else [])]
 
 
 class Encoder3D(nn.Module):
@@ -425,10 +449,9 @@ class Encoder3D(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: ChunkContext) -> torch.Tensor:
         x = self.conv_in(x, ctx.cache)
-        for block in self.down:
-            x = block(x, ctx)
-        for resnet in self.mid:
-            x = resnet(x, ctx)
+        # One flat loop over layers: a nested call would keep each block's input alive.
+        for layer in [*(m for block in self.down for m in block.layers()), *self.mid]:
+            x = layer(x, ctx)
         return ResnetBlock3D._norm_act_conv(self.norm_out, self.conv_out, x, ctx)
 
 
@@ -460,10 +483,8 @@ class Decoder3D(nn.Module):
 
     def forward(self, z: torch.Tensor, ctx: ChunkContext) -> torch.Tensor:
         x = self.conv_in(z, ctx.cache)
-        for resnet in self.mid:
-            x = resnet(x, ctx)
-        for block in self.up:
-            x = block(x, ctx)
+        for layer in [*self.mid, *(m for block in self.up for m in block.layers())]:
+            x = layer(x, ctx)
         return ResnetBlock3D._norm_act_conv(self.norm_out, self.conv_out, x, ctx)
 
 
@@ -617,14 +638,13 @@ class VAE3D(nn.Module):
         keep = tuple(v if encode else v * s for v in stride_latent)  # in output pixels
         blend = tuple(tile_out[k] - keep[k] for k in range(2))
         run = self._encode_frames if encode else self._decode_frames
-        rows = []
-        for i in range(0, x.shape[3], stride[0]):
-            rows.append(
-                [
-                    run(x[:, :, :, i : i + tile_in[0], j : j + tile_in[1]])
-                    for j in range(0, x.shape[4], stride[1])
-                ]
-            )
+        rows = [
+            [
+                run(x[:, :, :, i : i + tile_in[0], j : j + tile_in[1]])
+                for j in range(0, x.shape[4], stride[1])
+            ]
+            for i in range(0, x.shape[3], stride[0])
+        ]
         out_rows = []
         for i, row in enumerate(rows):
             for j, tile in enumerate(row):

@@ -174,3 +174,18 @@ def test_configs():
     assert n == sum(p.numel() for p in ref.parameters())
     keys = set(vae_state_dict_from_diffusers(ref.state_dict()))
     assert keys == set(vae.state_dict())
+
+
+def test_autograd_path_equals_the_in_place_inference_path(pair):
+    # Inference normalises in place and writes residuals into their input; training (autograd)
+    # takes the out-of-place path. Both must compute the same function, bf16 rounding aside.
+    _, mine = pair
+    x = torch.randn(1, 3, 9, 32, 40, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        z = mine.encode(x).mean
+        fast = mine.decode(z)
+    with torch.enable_grad():
+        z_grad = mine.encode(x).mean
+        slow = mine.decode(z_grad)
+    assert slow.requires_grad
+    assert rel_err(z_grad.detach(), z) <= 1e-5 and rel_err(slow.detach(), fast) <= 1e-5
