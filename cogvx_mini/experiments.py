@@ -34,7 +34,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -226,20 +225,6 @@ def latent_vae(budget: Budget, device: str, log: Callable[[str], None] = print):
     return _LATENT_VAE[key]
 
 
-class _EncodeOn:
-    """Adapter so :func:`cogvx_mini.train.cache_latents` encodes on ``device`` (CPU results)."""
-
-    def __init__(self, vae: VAE3D, device: str):
-        self.vae, self.device = vae, device
-
-    def eval(self):
-        return self
-
-    def encode(self, video: torch.Tensor):
-        p = self.vae.encode(video.to(self.device))
-        return SimpleNamespace(mean=p.mean.float().cpu(), std=p.std.float().cpu())
-
-
 def latent_dataset(
     budget: Budget,
     device: str,
@@ -268,9 +253,8 @@ def _latent_dataset(budget, device, count, lengths, buckets, first_seed, latent_
     vae, origin = latent_vae(budget, device)
     size = size or budget.size
     clips = toy_clips(count, lengths, size, size, first_seed=first_seed)
-    data = cache_latents(
-        clips, _EncodeOn(vae, device), ToyTextEncoder(), buckets, latent_scale, progress=False
-    )
+    # The VAE lives on ``device``; cache_latents encodes there and keeps the cache on the CPU.
+    data = cache_latents(clips, vae, ToyTextEncoder(), buckets, latent_scale, progress=False)
     data.meta["vae"] = origin
     return data
 

@@ -53,6 +53,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.99)
     warmup: int = 200
+    final_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     ema_decay: float = 0.998
     cfg_dropout: float = 0.1
@@ -125,6 +126,10 @@ def cache_latents(
     from cogvx_mini.frame_pack import assign_bucket
 
     vae.eval()
+    # Encode where the VAE's weights are (any object with encode() works: then on the CPU);
+    # the cache itself stays on the CPU.
+    params = getattr(vae, "parameters", None)
+    device = next(params(), torch.empty(0)).device if params else torch.device("cpu")
     pending: dict[Bucket, list[tuple[torch.Tensor, str]]] = {}
     for video, caption in clips:
         bucket = assign_bucket(*video.shape[1:], buckets)
@@ -135,13 +140,14 @@ def cache_latents(
     for bucket, items in sorted(pending.items()):
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            posterior = vae.encode(torch.stack([v for v, _ in chunk]))
+            posterior = vae.encode(torch.stack([v for v, _ in chunk]).to(device))
+            mean, std = posterior.mean.cpu(), posterior.std.cpu()
             texts = text_encoder.encode([c for _, c in chunk])
             for i, (_, caption) in enumerate(chunk):
                 out.append(
                     LatentClip(
-                        posterior.mean[i].clone(),
-                        posterior.std[i].clone(),
+                        mean[i].clone(),
+                        std[i].clone(),
                         texts[i].clone(),
                         caption,
                         bucket,
@@ -187,7 +193,12 @@ class TrainResult:
 
 
 def _lr(step: int, cfg: TrainConfig) -> float:
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+    """Linear warm-up, then a cosine decay to ``final_lr_ratio · lr`` at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1))
+    floor = cfg.final_lr_ratio
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class EpochPlan:
@@ -330,14 +341,15 @@ def build_mini_dataset(
     progress: bool = True,
     lengths: Sequence[int] = (9, 13, 17, 21),
     vae_weights: str | Path | None = None,
+    device: str | torch.device = "cpu",
 ) -> LatentDataset:
     """The toy world's training split, encoded by the mini VAE (the shipped weights unless
-    ``vae_weights``) and the toy text encoder."""
+    ``vae_weights``, run on ``device``) and the toy text encoder."""
     from cogvx_mini.text_encoder import ToyTextEncoder
     from cogvx_mini.vae import load_mini_vae
 
     buckets = [Bucket(9, 64, 64), Bucket(17, 64, 64)]
-    vae = load_mini_vae(vae_weights)
+    vae = load_mini_vae(vae_weights).to(device)
     return cache_latents(
         toy_clips(count, lengths), vae, ToyTextEncoder(), buckets, progress=progress
     )
@@ -357,8 +369,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
     parser.add_argument("--ship", action="store_true", help=f"write assets/{WEIGHTS_NAME}")
     parser.add_argument("--vae-weights", type=Path, default=None, help="default: shipped")
+    parser.add_argument(
+        "--model",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TransformerConfig.mini() overrides, e.g. num_layers=8 num_heads=8",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # TF32 matmuls on GPUs that have them: the mini model trains in float32.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    model_cfg = TransformerConfig.mini(**_parse_overrides(args.model))
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -367,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     if cache.is_file():
         dataset = torch.load(cache, weights_only=False)
     else:
-        dataset = build_mini_dataset(args.clips, vae_weights=args.vae_weights)
+        dataset = build_mini_dataset(args.clips, vae_weights=args.vae_weights, device=args.device)
         save_checkpoint(dataset, cache)
     print(
         f"{len(dataset.clips)} clips cached (latent scale {dataset.latent_scale:.3f}) "
@@ -375,24 +397,29 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     torch.manual_seed(cfg.seed)
-    model = CogVideoXTransformer(TransformerConfig.mini()).to(args.device)
+    model = CogVideoXTransformer(model_cfg).to(args.device)
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     result = train(model, dataset, cfg, args.out, max_seconds=max_seconds)
     ema, steps = result.ema, result.step
     if steps < cfg.steps:
         print(f"stopped at the time limit after step {steps}; run again to continue")
     meta = {
-        "transformer_config": json.dumps(dataclasses.asdict(TransformerConfig.mini())),
+        "transformer_config": json.dumps(dataclasses.asdict(model_cfg)),
         "snr_shift_scale": str(cfg.snr_shift_scale),
         "latent_scale": str(dataset.latent_scale),
         "steps": str(steps),
     }
-    weights = save_weights(ema.state_dict(), args.out / WEIGHTS_NAME, metadata=meta)
+    # float16 on disk halves the shipped file; loading casts back to the model's float32.
+    state = {k: v.half() if v.is_floating_point() else v for k, v in ema.state_dict().items()}
+    weights = save_weights(state, args.out / WEIGHTS_NAME, metadata=meta)
     print(f"EMA weights after {steps} steps: {weights} ({time.perf_counter() - start:.0f} s)")
     if args.ship:
-        shipped = save_weights(ema.state_dict(), ASSETS / WEIGHTS_NAME, metadata=meta)
+        shipped = save_weights(state, ASSETS / WEIGHTS_NAME, metadata=meta)
         print(f"shipped: {shipped}")
     log = {
+        "model": _parse_overrides(args.model),
+        "parameters": sum(p.numel() for p in model.parameters()),
         "steps": steps,
         "batch_size": cfg.batch_size,
         "clips": len(dataset.clips),
@@ -406,6 +433,21 @@ def main(argv: list[str] | None = None) -> None:
     }
     (args.out / "train_log.json").write_text(json.dumps(log) + "\n")
     print(f"mean loss of the last 100 steps: {_tail_mean(args.out):.4f}; log: train_log.json")
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    """``["num_layers=8", "rope_base_grid=[8,8]"]`` -> ``{"num_layers": 8, ...}`` (JSON values;
+    a value that is not JSON stays a string)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE for --model, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _tail_mean(out: Path) -> float:

@@ -12,6 +12,8 @@ from cogvx_mini.train import (
     LatentDataset,
     NaNLossError,
     TrainConfig,
+    _lr,
+    _parse_overrides,
     cache_latents,
     toy_clips,
     train,
@@ -151,3 +153,20 @@ def test_cache_latents_packs_into_buckets_and_normalises(tmp_path):
     )
     assert abs((samples * data.latent_scale).std().item() - 1) < 0.02
     assert data.empty_text.abs().sum() == 0
+
+
+def test_lr_warms_up_then_decays_by_cosine_to_its_floor():
+    cfg = TrainConfig(steps=100, lr=1e-3, warmup=10, final_lr_ratio=0.1)
+    lrs = [_lr(s, cfg) for s in range(cfg.steps)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # never rises again
+    assert lrs[55] == pytest.approx(0.55e-3, rel=0.02)  # half-way down the cosine
+    assert lrs[-1] == pytest.approx(1e-4, rel=0.01)
+
+
+def test_model_overrides_parse_json_values():
+    got = _parse_overrides(["num_layers=8", "rope_base_grid=[8,8]", "attention=2d1d"])
+    assert got == {"num_layers": 8, "rope_base_grid": [8, 8], "attention": "2d1d"}
+    assert TransformerConfig.mini(**got).rope_base_grid == (8, 8)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        _parse_overrides(["num_layers"])
