@@ -21,7 +21,6 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 
@@ -194,12 +193,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             ours.time_slice = time_slice
             z = latents.to(memory_format=torch.channels_last_3d) if channels_last else latents
             config = ours.config
-            if tile is not None:  # no overlap along an axis the tile spans whole
-                overlap = tuple(
-                    0.0 if tile[k] >= latents.shape[3 + k] * config.spatial_compression else o
-                    for k, o in enumerate(config.tile_overlap)
-                )
-                ours.config = replace(config, tile_sample_size=tile, tile_overlap=overlap)
+            if tile is not None:
+                ours.config = config.row_tiles(height, width)
             try:
                 return ours.decode(z, tiled=tiled)
             finally:
@@ -213,10 +208,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     variants.append(("VAE3D tiled", None, True, False, None))
     for ts in args.time_slice[:1]:
         variants.append((f"VAE3D tiled time_slice={ts}", ts, True, False, None))
-    if args.tile:
-        tile = tuple(args.tile)
+    if args.row_tiles:
+        tile = (height // 2, width)
         for ts in [None, *args.time_slice]:
-            name = f"VAE3D tiled {tile[0]}x{tile[1]}" + (f" time_slice={ts}" if ts else "")
+            name = f"VAE3D row tiles {tile[0]}x{tile[1]}" + (f" time_slice={ts}" if ts else "")
             variants.append((name, ts, True, False, tile))
     if cuda and args.channels_last:
         variants += [(n + " channels_last", ts, t, True, tl) for n, ts, t, _, tl in variants]
@@ -260,7 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--time-slice", type=int, nargs="*", default=None)
     p.add_argument("--channels-last", action="store_true", help="also try channels_last_3d")
-    p.add_argument("--tile", type=int, nargs=2, default=None, help="also decode with H W tiles")
+    p.add_argument(
+        "--row-tiles", action="store_true", help="also decode with VAEConfig.row_tiles (H/2 x W)"
+    )
     p.add_argument("--check", action="store_true", help="compare outputs with diffusers")
     p.add_argument("--skip-diffusers", action="store_true")
     p.add_argument("--skip-untiled-reference", action="store_true")
