@@ -21,9 +21,10 @@ def _atomic_write(path: Path, write) -> Path:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved file gets the usual mode
     try:
         write(tmp)
+        # mkstemp makes 0600 (and a writer may recreate the file): give it the usual mode.
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
