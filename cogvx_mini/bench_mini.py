@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cogvx_mini.pipeline import evaluation_prompts, judge_scores, load_mini
+from cogvx_mini.pipeline import MINI_GUIDANCE, evaluation_prompts, judge_scores, load_mini
 from cogvx_mini.toyworld import judge, render, sample_scene
 
 
@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64, help="per split")
     parser.add_argument("--sweep-prompts", type=int, default=24, help="per split and scale")
-    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 3.0, 6.0, 9.0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 3.0, 4.5, 6.0])
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=6.0)
+    parser.add_argument("--guidance", type=float, default=MINI_GUIDANCE)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--weights", type=Path, default=None)

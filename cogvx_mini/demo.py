@@ -20,7 +20,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from cogvx_mini.pipeline import evaluation_prompts, generate, load_mini, save_videos
+from cogvx_mini.pipeline import (
+    MINI_GUIDANCE,
+    evaluation_prompts,
+    generate,
+    load_mini,
+    save_videos,
+)
 from cogvx_mini.toyworld import judge
 from cogvx_mini.video_io import film_strip
 
@@ -32,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out", type=int, default=4, help="prompts with held-out ones")
     parser.add_argument("--prompt", action="append", default=[], help="extra prompt(s)")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=6.0)
+    parser.add_argument("--guidance", type=float, default=MINI_GUIDANCE)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", type=Path, default=None, help="transformer safetensors")
     args = parser.parse_args(argv)

@@ -376,11 +376,22 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="TransformerConfig.mini() overrides, e.g. num_layers=8 num_heads=8",
     )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from these transformer weights (and their config) instead of a random init",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     # TF32 matmuls on GPUs that have them: the mini model trains in float32.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model_cfg = TransformerConfig.mini(**_parse_overrides(args.model))
+    init_state = None
+    if args.init_from is not None:
+        if args.model:
+            raise SystemExit("--init-from takes the config stored with the weights; drop --model")
+        model_cfg, init_state = _weights_and_config(args.init_from)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -397,7 +408,10 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     torch.manual_seed(cfg.seed)
-    model = CogVideoXTransformer(model_cfg).to(args.device)
+    model = CogVideoXTransformer(model_cfg)
+    if init_state is not None:
+        model.load_state_dict(init_state)  # float16 files are cast to the model's float32
+    model.to(args.device)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     result = train(model, dataset, cfg, args.out, max_seconds=max_seconds)
@@ -409,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         "snr_shift_scale": str(cfg.snr_shift_scale),
         "latent_scale": str(dataset.latent_scale),
         "steps": str(steps),
+        "init_from": str(args.init_from or ""),
     }
     # float16 on disk halves the shipped file; loading casts back to the model's float32.
     state = {k: v.half() if v.is_floating_point() else v for k, v in ema.state_dict().items()}
@@ -418,7 +433,8 @@ def main(argv: list[str] | None = None) -> None:
         shipped = save_weights(state, ASSETS / WEIGHTS_NAME, metadata=meta)
         print(f"shipped: {shipped}")
     log = {
-        "model": _parse_overrides(args.model),
+        "model": dataclasses.asdict(model_cfg),
+        "init_from": str(args.init_from or ""),
         "parameters": sum(p.numel() for p in model.parameters()),
         "steps": steps,
         "batch_size": cfg.batch_size,
@@ -433,6 +449,20 @@ def main(argv: list[str] | None = None) -> None:
     }
     (args.out / "train_log.json").write_text(json.dumps(log) + "\n")
     print(f"mean loss of the last 100 steps: {_tail_mean(args.out):.4f}; log: train_log.json")
+
+
+def _weights_and_config(path: Path):
+    """``(TransformerConfig, state dict)`` of a weights file written by this script."""
+    from safetensors import safe_open
+
+    from cogvx_mini.transformer import TransformerConfig
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if "transformer_config" not in meta:
+        raise ValueError(f"{path} has no transformer_config metadata: not written by cogvx_mini")
+    return TransformerConfig(**json.loads(meta["transformer_config"])), state
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
