@@ -195,7 +195,6 @@ def _normalise(x: torch.Tensor, stats, norm: nn.GroupNorm, scale=None, shift=Non
     a = rearrange(rstd[:, :, None] * weight, "b g c -> b (g c)")
     b = norm.bias.float() - torch.repeat_interleave(mean, per_group, dim=1) * a
     a, b = a[:, :, None, None, None], b[:, :, None, None, None]
-    bsz, c, t, height, width = x.shape
     view = x
     if scale is not None:
         h, w = scale.shape[-2:]  # the decoder's feature maps are whole multiples of h, w
@@ -216,8 +215,10 @@ def _normalise(x: torch.Tensor, stats, norm: nn.GroupNorm, scale=None, shift=Non
 @functools.lru_cache(maxsize=256)
 def _index_tensor(index: tuple[int, ...], device: torch.device) -> torch.Tensor:
     # Cached: creating an index tensor on a GPU copies from the host and synchronises; the same
-    # few patterns recur in every chunk.
-    return torch.tensor(index, device=device)
+    # few patterns recur in every chunk. Made outside inference mode: a cached tensor created
+    # under torch.inference_mode() could never be used by a later autograd run (training).
+    with torch.inference_mode(False):
+        return torch.tensor(index, device=device)
 
 
 def _nearest_time_index(frames_out: int, frames_in: int, split_first: bool) -> list[int]:

@@ -178,7 +178,7 @@ def test_configs():
 
 def test_autograd_path_equals_the_in_place_inference_path(pair):
     # Inference normalises in place and writes residuals into their input; training (autograd)
-    # takes the out-of-place path. Both must compute the same function, bf16 rounding aside.
+    # takes the out-of-place path. Both must compute the same function (float32 rounding aside).
     _, mine = pair
     x = torch.randn(1, 3, 9, 32, 40, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -189,3 +189,15 @@ def test_autograd_path_equals_the_in_place_inference_path(pair):
         slow = mine.decode(z_grad)
     assert slow.requires_grad
     assert rel_err(z_grad.detach(), z) <= 1e-5 and rel_err(slow.detach(), fast) <= 1e-5
+
+
+def test_decoding_under_inference_mode_leaves_training_possible(pair):
+    # The decoder caches small index tensors across calls; one made under inference_mode once
+    # broke every later decode with autograd ("Inference tensors cannot be saved for backward").
+    _, mine = pair
+    z = torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        mine.decode(z)
+    with torch.enable_grad():
+        mine.decode(z.requires_grad_()).sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
