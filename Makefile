@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 # Retrain the mini transformer from scratch on the shipped VAE's latents and overwrite
 # cogvx_mini/assets/transformer_mini.safetensors; resumes if interrupted. On the CPU this is
-# the small 4-layer model (TransformerConfig.mini(), about 11 minutes on one core).
+# the small 4-layer model (TransformerConfig.mini(), about 10 minutes on one core).
 train: $(STAMP)
 	$(BIN)/python -m cogvx_mini.train --out $(OUT)/train --device $(DEVICE) --ship $(TRAIN_ARGS)
 

@@ -188,12 +188,12 @@ def run(args: argparse.Namespace) -> list[dict]:
         record("decode", "diffusers tiled", lambda: ref.decode(latents).sample, dec_ref)
         ref.disable_tiling()
 
-    def ours_decode(time_slice, tiled=False, channels_last=False, tile=None):
+    def ours_decode(time_slice, tiled=False, channels_last=False, row_tiles=False):
         def fn():
             ours.time_slice = time_slice
             z = latents.to(memory_format=torch.channels_last_3d) if channels_last else latents
             config = ours.config
-            if tile is not None:
+            if row_tiles:
                 ours.config = config.row_tiles(height, width)
             try:
                 return ours.decode(z, tiled=tiled)
@@ -202,24 +202,24 @@ def run(args: argparse.Namespace) -> list[dict]:
 
         return fn
 
-    variants = [("VAE3D whole chunk", None, False, False, None)]
+    # (name, time_slice, tiled, channels_last, row_tiles)
+    variants = [("VAE3D whole chunk", None, False, False, False)]
     for ts in args.time_slice:
-        variants.append((f"VAE3D streaming time_slice={ts}", ts, False, False, None))
-    variants.append(("VAE3D tiled", None, True, False, None))
+        variants.append((f"VAE3D streaming time_slice={ts}", ts, False, False, False))
+    variants.append(("VAE3D tiled", None, True, False, False))
     for ts in args.time_slice[:1]:
-        variants.append((f"VAE3D tiled time_slice={ts}", ts, True, False, None))
+        variants.append((f"VAE3D tiled time_slice={ts}", ts, True, False, False))
     if args.row_tiles:
-        tile = (height // 2, width)
         for ts in [None, *args.time_slice]:
-            name = f"VAE3D row tiles {tile[0]}x{tile[1]}" + (f" time_slice={ts}" if ts else "")
-            variants.append((name, ts, True, False, tile))
+            name = f"VAE3D row tiles {height // 2}x{width}" + (f" time_slice={ts}" if ts else "")
+            variants.append((name, ts, True, False, True))
     if cuda and args.channels_last:
-        variants += [(n + " channels_last", ts, t, True, tl) for n, ts, t, _, tl in variants]
+        variants += [(n + " channels_last", ts, t, True, r) for n, ts, t, _, r in variants]
     if not args.skip_decode:
-        for name, ts, tiled, cl, tile in variants:
+        for name, ts, tiled, cl, by_rows in variants:
             if cl:
                 _to_channels_last(ours)
-            record("decode", name, ours_decode(ts, tiled, cl, tile), dec_ref)
+            record("decode", name, ours_decode(ts, tiled, cl, by_rows), dec_ref)
         _to_channels_last(ours, undo=True)
     del dec_ref
 
@@ -231,8 +231,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             ref.disable_tiling()
             with torch.inference_mode():
                 enc_ref = ref.encode(video).latent_dist.mean if args.check else None
-        for name, ts, tiled, cl, tile in variants:
-            if cl or tile is not None:
+        for name, ts, tiled, cl, by_rows in variants:
+            if cl or by_rows:
                 continue
 
             def fn(ts=ts, tiled=tiled):

@@ -11,7 +11,6 @@ the guidance scale, divides by the latent scale and decodes with the VAE.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,20 +44,15 @@ class Pipeline:
 def load_mini(weights: str | Path | None = None, vae_weights: str | Path | None = None) -> Pipeline:
     """The shipped mini model: transformer weights + config from ``transformer_mini.safetensors``
     (or ``weights``), the mini VAE and the toy text encoder; eval mode, CPU, float32."""
-    from safetensors import safe_open
-
     from cogvx_mini.text_encoder import ToyTextEncoder
-    from cogvx_mini.train import ASSETS, WEIGHTS_NAME
-    from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+    from cogvx_mini.train import ASSETS, WEIGHTS_NAME, read_mini_weights
+    from cogvx_mini.transformer import CogVideoXTransformer
     from cogvx_mini.vae import load_mini_vae
 
-    path = Path(weights) if weights is not None else ASSETS / WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no transformer weights at {path}: run `make train`")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    model = CogVideoXTransformer(TransformerConfig(**json.loads(meta["transformer_config"])))
+    config, state, meta = read_mini_weights(
+        weights if weights is not None else ASSETS / WEIGHTS_NAME
+    )
+    model = CogVideoXTransformer(config)
     model.load_state_dict(state)
     text = ToyTextEncoder(model.config.text_dim, model.config.max_text_len)
     return Pipeline(

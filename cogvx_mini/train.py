@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_from is not None:
         if args.model:
             raise SystemExit("--init-from takes the config stored with the weights; drop --model")
-        model_cfg, init_state = _weights_and_config(args.init_from)
+        model_cfg, init_state, _ = read_mini_weights(args.init_from)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -412,7 +412,8 @@ def main(argv: list[str] | None = None) -> None:
     if init_state is not None:
         model.load_state_dict(init_state)  # float16 files are cast to the model's float32
     model.to(args.device)
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"model: {parameters / 1e6:.2f} M parameters")
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     result = train(model, dataset, cfg, args.out, max_seconds=max_seconds)
     ema, steps = result.ema, result.step
@@ -435,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     log = {
         "model": dataclasses.asdict(model_cfg),
         "init_from": str(args.init_from or ""),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": parameters,
         "steps": steps,
         "batch_size": cfg.batch_size,
         "clips": len(dataset.clips),
@@ -451,18 +452,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mean loss of the last 100 steps: {_tail_mean(args.out):.4f}; log: train_log.json")
 
 
-def _weights_and_config(path: Path):
-    """``(TransformerConfig, state dict)`` of a weights file written by this script."""
+def read_mini_weights(path: str | Path):
+    """``(TransformerConfig, state dict, metadata)`` of a weights file this script wrote (the
+    config, schedule and latent scale travel in its safetensors metadata)."""
     from safetensors import safe_open
 
     from cogvx_mini.transformer import TransformerConfig
 
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no transformer weights at {path}: run `make train`")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
         state = {k: f.get_tensor(k) for k in f.keys()}
     if "transformer_config" not in meta:
         raise ValueError(f"{path} has no transformer_config metadata: not written by cogvx_mini")
-    return TransformerConfig(**json.loads(meta["transformer_config"])), state
+    return TransformerConfig(**json.loads(meta["transformer_config"])), state, meta
 
 
 def _parse_overrides(pairs: list[str]) -> dict:

@@ -55,12 +55,8 @@ def test_row_tiled_decode_close_to_untiled():
     with torch.no_grad():
         z = vae.encode(video).mean
         untiled = vae.decode(z)
-        vae.config, config = vae.config.row_tiles(160, 96), vae.config
-        vae.time_slice = 2
-        try:
-            tiled = vae.decode(z, tiled=True)
-        finally:
-            vae.config, vae.time_slice = config, None
+        vae.config, vae.time_slice = vae.config.row_tiles(160, 96), 2
+        tiled = vae.decode(z, tiled=True)
     assert tiled.shape == untiled.shape == video.shape
     assert psnr(tiled, untiled.clamp(-1, 1)) >= 32.0
     assert not torch.equal(tiled, untiled)
