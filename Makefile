@@ -20,21 +20,21 @@ demo: $(STAMP)
 	$(BIN)/python -m cogvx_mini.demo --out $(OUT)/demo
 
 # Retrain the mini transformer from scratch on the shipped VAE's latents and overwrite
-# cogvx_mini/assets/transformer_mini.safetensors; resumes if interrupted. On the CPU this is
+# cogvx_mini/weights/assets/transformer_mini.safetensors; resumes if interrupted. On the CPU this is
 # the small 4-layer model (TransformerConfig.mini(), about 10 minutes on one core).
 train: $(STAMP)
-	$(BIN)/python -m cogvx_mini.train --out $(OUT)/train --device $(DEVICE) --ship $(TRAIN_ARGS)
+	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/train --device $(DEVICE) --ship $(TRAIN_ARGS)
 
 # The recipe of the shipped weights (one GPU, about 20 minutes on an H200): an 8-layer, 256-wide
 # mini transformer trained in three cosine stages, each from the last one's EMA weights:
 # 7,200 steps at lr 1e-3, 7,200 at 5e-4, 3,000 at 2.5e-4.
 GPU_RECIPE := --device cuda --clips 24000 --batch-size 128 --threads 4
 train-gpu: $(STAMP)
-	$(BIN)/python -m cogvx_mini.train --out $(OUT)/stage1 $(GPU_RECIPE) --steps 7200 --lr 1e-3 \
+	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/stage1 $(GPU_RECIPE) --steps 7200 --lr 1e-3 \
 		--model num_layers=8 num_heads=8
-	$(BIN)/python -m cogvx_mini.train --out $(OUT)/stage2 $(GPU_RECIPE) --steps 7200 --lr 5e-4 \
+	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/stage2 $(GPU_RECIPE) --steps 7200 --lr 5e-4 \
 		--init-from $(OUT)/stage1/transformer_mini.safetensors
-	$(BIN)/python -m cogvx_mini.train --out $(OUT)/stage3 $(GPU_RECIPE) --steps 3000 --lr 2.5e-4 \
+	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/stage3 $(GPU_RECIPE) --steps 3000 --lr 2.5e-4 \
 		--init-from $(OUT)/stage2/transformer_mini.safetensors --ship
 
 test: $(STAMP) lint pytest chapters book-check

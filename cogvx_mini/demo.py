@@ -20,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from cogvx_mini.data.toyworld import judge
+from cogvx_mini.data.video_io import film_strip
 from cogvx_mini.pipeline import (
     MINI_GUIDANCE,
     evaluation_prompts,
@@ -27,8 +29,6 @@ from cogvx_mini.pipeline import (
     load_mini,
     save_videos,
 )
-from cogvx_mini.toyworld import judge
-from cogvx_mini.video_io import film_strip
 
 
 def main(argv: list[str] | None = None) -> None:

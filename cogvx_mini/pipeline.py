@@ -44,8 +44,8 @@ class Pipeline:
 def load_mini(weights: str | Path | None = None, vae_weights: str | Path | None = None) -> Pipeline:
     """The shipped mini model: transformer weights + config from ``transformer_mini.safetensors``
     (or ``weights``), the mini VAE and the toy text encoder; eval mode, CPU, float32."""
-    from cogvx_mini.text_encoder import ToyTextEncoder
-    from cogvx_mini.train import ASSETS, WEIGHTS_NAME, read_mini_weights
+    from cogvx_mini.data.text_encoder import ToyTextEncoder
+    from cogvx_mini.training.train import ASSETS, WEIGHTS_NAME, read_mini_weights
     from cogvx_mini.transformer import CogVideoXTransformer
     from cogvx_mini.vae import load_mini_vae
 
@@ -130,7 +130,7 @@ def generate(
 def evaluation_prompts(split: str, count: int, first_seed: int = 10_000) -> list[str]:
     """``count`` toy-world captions of ``split`` ("train": seen pairs only, "held_out": each with
     a colour-direction pair never seen in training), from seeds no training clip used."""
-    from cogvx_mini.toyworld import sample_scene
+    from cogvx_mini.data.toyworld import sample_scene
 
     return [sample_scene(first_seed + i, split=split).caption for i in range(count)]
 
@@ -139,7 +139,7 @@ def judge_scores(
     pipe: Pipeline, prompts: list[str], batch_size: int = 16, **generate_kwargs
 ) -> list[float]:
     """The toy-world judge's score of a generated video for each prompt (text alignment)."""
-    from cogvx_mini.toyworld import judge
+    from cogvx_mini.data.toyworld import judge
 
     scores = []
     for start in range(0, len(prompts), batch_size):
@@ -153,7 +153,7 @@ def save_videos(
     videos: torch.Tensor, out_dir: str | Path, names: list[str], fmt: str = "gif", fps: int = 8
 ) -> list[Path]:
     """Write each video of ``[B, 3, T, H, W]`` to ``out_dir/<name>.<fmt>`` (GIF or MP4)."""
-    from cogvx_mini.video_io import save_video
+    from cogvx_mini.data.video_io import save_video
 
     if len(names) != len(videos):
         raise ValueError(f"expected {len(videos)} names, got {len(names)}")

@@ -668,8 +668,8 @@ class VAE3D(nn.Module):
     # -- weights ------------------------------------------------------------------------------
     @classmethod
     def from_pretrained_mini(cls, path: str | None = None) -> VAE3D:
-        """The mini VAE with the weights shipped in ``cogvx_mini/assets/vae_mini.safetensors``."""
-        from cogvx_mini.assets import asset_path
+        """The mini VAE with the shipped weights (``weights/assets/vae_mini.safetensors``)."""
+        from cogvx_mini.weights.assets import asset_path
 
         return _load_shipped(cls, VAEConfig.mini(), path or asset_path("vae_mini.safetensors"))
 
@@ -678,7 +678,7 @@ def _load_shipped(cls, config: VAEConfig, path) -> VAE3D:
     """Weights plus the ``scaling_factor`` measured after training (safetensors metadata)."""
     from safetensors import safe_open
 
-    from cogvx_mini.checkpoint import load_weights
+    from cogvx_mini.weights.checkpoint import load_weights
 
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}

@@ -8,7 +8,7 @@
 #   bash scale/gpu_checks.sh cp193    OUT   # N GPUs: the same at 193 frames
 #   bash scale/gpu_checks.sh resume   OUT   # N GPUs: 2B DCP checkpoint on N GPUs resumed on N/2
 #
-# Every benchmark writes OUT/<name>.json and prints one line; `python scale/gpu_checks.py OUT`
+# Every benchmark writes OUT/<name>.json and prints one line; `python -m cogvx_mini.bench.gpu_checks OUT`
 # prints the table (run at the end of each group). Weights are drawn independently of the
 # sharding, so "first loss" must agree between layouts with the same data-parallel degree.
 set -uo pipefail
@@ -18,17 +18,17 @@ GROUP=${1:?$USAGE}
 OUT=${2:?$USAGE}
 mkdir -p "$OUT"
 NGPU=${NGPU:-$(python -c "import torch; print(torch.cuda.device_count())")}
-C2=${C2:-scale/configs/cogvideox_2b.yaml}  # overridable for a CPU dry run
-C5=${C5:-scale/configs/cogvideox_5b.yaml}
+C2=${C2:-cogvideox_2b}  # overridable for a CPU dry run
+C5=${C5:-cogvideox_5b}
 EXTRA=${EXTRA:-}  # appended to every run, e.g. EXTRA="--set parallel.compile=false"
 bench() {  # bench NAME NPROC ARGS...
   local name=$1 n=$2
   shift 2
   echo "== $name ($n GPU)"
   if [ "$n" -eq 1 ]; then
-    timeout 540 python scale/bench.py --json "$OUT/$name.json" "$@" $EXTRA 2>&1 | grep -v Warning | tail -3
+    timeout 540 python -m cogvx_mini.bench scale --json "$OUT/$name.json" "$@" $EXTRA 2>&1 | grep -v Warning | tail -3
   else
-    timeout 540 torchrun --nproc_per_node="$n" scale/bench.py --json "$OUT/$name.json" "$@" \
+    timeout 540 torchrun --nproc_per_node="$n" -m cogvx_mini.bench scale --json "$OUT/$name.json" "$@" \
       $EXTRA 2>&1 | grep -v Warning | tail -3
   fi
 }
@@ -101,4 +101,4 @@ EOF
   exit 2
   ;;
 esac
-if ls "$OUT"/*.json >/dev/null 2>&1; then python scale/gpu_checks.py "$OUT"; fi
+if ls "$OUT"/*.json >/dev/null 2>&1; then python -m cogvx_mini.bench.gpu_checks "$OUT"; fi

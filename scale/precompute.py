@@ -1,9 +1,9 @@
 """Videos + captions -> cached VAE latents and text embeddings, sharded and resumable.
 
     torchrun --nproc_per_node=8 scale/precompute.py --videos DIR --out CACHE \
-        --config scale/configs/cogvideox_5b.yaml --vae-weights /weights/CogVideoX-5b \
+        --config cogvideox_5b --vae-weights /weights/CogVideoX-5b \
         --t5 /weights/CogVideoX-5b              # a released model's diffusers folder
-    python scale/precompute.py --videos DIR --out CACHE --config scale/configs/tiny.yaml \
+    python scale/precompute.py --videos DIR --out CACHE --config tiny \
         --vae-weights mini --text-encoder toy                        # the toy world on a CPU
 
 ``DIR`` holds video files (mp4, gif, webm, mov, avi, mkv) and a caption list: ``captions.jsonl``
@@ -24,17 +24,12 @@ import argparse
 import csv
 import json
 import os
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 VIDEO_SUFFIXES = {".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv"}
 VideoEncoder = Callable[[torch.Tensor], torch.Tensor]  # [1, 3, T, H, W] -> [C, T', H', W']
@@ -107,9 +102,9 @@ def precompute(
     ``{"encoded", "skipped_shards", "unreadable"}`` for this rank."""
     from tqdm import tqdm
 
-    from cogvx_mini.checkpoint import save_weights
+    from cogvx_mini.data.video_io import read_video
     from cogvx_mini.frame_pack import Bucket, assign_bucket, pack_to_bucket
-    from cogvx_mini.video_io import read_video
+    from cogvx_mini.weights.checkpoint import save_weights
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,8 +155,8 @@ def build_video_encoder(weights: str, preset: str, device: torch.device) -> Vide
     safetensors path of a cogvx_mini VAE state dict of ``preset`` (``mini`` or ``cogvideox``).
     Returns ``encode(video [1, 3, T, H, W]) -> latents [16, T', H/8, W/8]`` (posterior mean x
     scaling factor)."""
-    from cogvx_mini.checkpoint import load_weights
     from cogvx_mini.vae import VAE3D, VAEConfig
+    from cogvx_mini.weights.checkpoint import load_weights
 
     if weights == "mini":
         vae = VAE3D.from_pretrained_mini()
@@ -183,9 +178,9 @@ def build_video_encoder(weights: str, preset: str, device: torch.device) -> Vide
 
 
 def build_text_encoder(kind: str, length: int, dim: int, device: torch.device) -> TextEncoder:
-    """``toy`` (``cogvx_mini.text_encoder.ToyTextEncoder``) or a local T5 folder
+    """``toy`` (``cogvx_mini.data.text_encoder.ToyTextEncoder``) or a local T5 folder
     (``T5TextEncoder``; nothing is downloaded)."""
-    from cogvx_mini.text_encoder import T5TextEncoder, ToyTextEncoder
+    from cogvx_mini.data.text_encoder import T5TextEncoder, ToyTextEncoder
 
     if kind == "toy":
         return ToyTextEncoder(dim, length).encode
@@ -193,7 +188,7 @@ def build_text_encoder(kind: str, length: int, dim: int, device: torch.device) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    from scale.config import load_config
+    from cogvx_mini.training.scale_config import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", required=True, type=Path)

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import sys
 from pathlib import Path
 
 import torch
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from cogvx_mini.data.text_encoder import T5TextEncoder
+from cogvx_mini.data.video_io import save_video
 from cogvx_mini.diffusion import ddim_sample
 from cogvx_mini.shapes import check_frame_count
-from cogvx_mini.text_encoder import T5TextEncoder
-from cogvx_mini.video_io import save_video
 from cogvx_mini.weights import (
     schedule_from_diffusers,
     transformer_from_diffusers,

@@ -19,7 +19,7 @@ set -euo pipefail
 DATA=${1:?usage: sbatch scale/slurm_example.sh LATENT_CACHE OUT [--set key=value ...]}
 OUT=${2:?usage: sbatch scale/slurm_example.sh LATENT_CACHE OUT [--set key=value ...]}
 shift 2
-CONFIG=${CONFIG:-scale/configs/cogvideox_5b.yaml}
+CONFIG=${CONFIG:-cogvideox_5b}
 
 cd "${SLURM_SUBMIT_DIR:-$(pwd)}"
 source .venv/bin/activate

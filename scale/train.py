@@ -1,8 +1,8 @@
 """Train or fine-tune CogVideoX with FSDP2 and context parallelism, on one process or many.
 
-    torchrun --nproc_per_node=8 scale/train.py --config scale/configs/cogvideox_5b.yaml \
+    torchrun --nproc_per_node=8 scale/train.py --config cogvideox_5b \
         --data /path/to/latent_cache --out runs/5b
-    python scale/train.py --config scale/configs/tiny.yaml --data toy --out /tmp/tiny   # CPU
+    python scale/train.py --config tiny --data toy --out /tmp/tiny   # CPU
 
 ``--data`` is a folder written by ``scale/precompute.py`` (cached VAE latents and text
 embeddings) or ``toy`` (the toy world as pseudo-latents, for tests). ``--set key=value``
@@ -21,21 +21,13 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script by torchrun: make `scale` importable
-    sys.path.insert(0, str(ROOT))
-
-from scale.config import ScaleConfig, check_world, load_config  # noqa: E402
-from scale.data import BatchPlan, LatentCache, ToyLatents, noise_like  # noqa: E402
-from scale.objective import Objective  # noqa: E402
-from scale.parallel import (  # noqa: E402
+from cogvx_mini.parallel.scale_parallel import (
     Dist,
     ParallelTransformer,
     apply_fsdp,
@@ -43,6 +35,9 @@ from scale.parallel import (  # noqa: E402
     load_full_state_dict,
     materialize,
 )
+from cogvx_mini.training.latent_cache import BatchPlan, LatentCache, ToyLatents, noise_like
+from cogvx_mini.training.objective import Objective
+from cogvx_mini.training.scale_config import ScaleConfig, check_world, load_config
 
 T_BUCKETS = 10  # loss is reported per tenth of the timestep range
 
@@ -168,7 +163,7 @@ def export_weights(out: Path, wrapper, ema: EMA, d: Dist) -> None:
     """Write the full (unsharded) weights and EMA weights as cogvx_mini state dicts."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from cogvx_mini.checkpoint import save_weights
+    from cogvx_mini.weights.checkpoint import save_weights
 
     full = get_model_state_dict(
         wrapper, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -200,7 +195,11 @@ def build(
     ``independent_init``: weights that do not depend on the sharding (see ``materialize``).
     """
     from cogvx_mini.transformer import CogVideoXTransformer
-    from scale.model import check_state_dict, load_transformer_weights, read_init_weights
+    from cogvx_mini.weights.loading import (
+        check_state_dict,
+        load_transformer_weights,
+        read_init_weights,
+    )
 
     tcfg = config.transformer_config()
     p = config.parallel

@@ -11,8 +11,6 @@ from pathlib import Path
 import torch.multiprocessing as mp
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # scale/ is a folder of scripts at the repository root
-    sys.path.insert(0, str(ROOT))
 
 
 def free_port() -> int:

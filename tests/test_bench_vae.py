@@ -1,6 +1,6 @@
 import json
 
-from cogvx_mini.bench_vae import main
+from cogvx_mini.bench.vae import main
 
 
 def test_cpu_bench_runs_every_variant_and_keeps_the_output_shape(tmp_path):

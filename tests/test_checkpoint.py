@@ -4,7 +4,12 @@ import stat
 import pytest
 import torch
 
-from cogvx_mini.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from cogvx_mini.weights.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    save_weights,
+)
 
 
 def test_saved_files_get_the_usual_mode_not_mkstemps_0600(tmp_path):

@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-from cogvx_mini import experiments
 from cogvx_mini.experiments import (
     ABLATIONS,
     BUDGETS,
@@ -14,6 +13,7 @@ from cogvx_mini.experiments import (
     track_residual,
     verdict,
 )
+from cogvx_mini.experiments import ablations as experiments
 
 
 def _check_schema(result: dict, arms: list[str]) -> None:

@@ -2,11 +2,11 @@ import pytest
 import torch
 from einops import repeat
 
+from cogvx_mini.data.text_encoder import ToyTextEncoder
+from cogvx_mini.data.video_io import read_video
 from cogvx_mini.diffusion import NoiseSchedule
 from cogvx_mini.pipeline import Pipeline, generate, save_videos
-from cogvx_mini.text_encoder import ToyTextEncoder
 from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
-from cogvx_mini.video_io import read_video
 
 
 class UpsampleVAE(torch.nn.Module):

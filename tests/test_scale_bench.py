@@ -1,4 +1,4 @@
-"""scale/bench.py's CPU smoke mode, and loading released weights into a sharded model."""
+"""cogvx_mini/bench/scale.py's CPU smoke mode, and loading released weights into a sharded model."""
 
 import json
 import os
@@ -10,14 +10,14 @@ import torch
 import torch.distributed as dist
 from scale_helpers import ROOT, run_gloo
 
-from cogvx_mini.checkpoint import save_weights
 from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
-from scale.model import load_transformer_weights
+from cogvx_mini.weights.checkpoint import save_weights
+from cogvx_mini.weights.loading import load_transformer_weights
 
 
 def test_bench_cpu_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "scale" / "bench.py"), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "cogvx_mini.bench", "scale", "--device", "cpu"]
     cmd += ["--steps", "2", "--warmup", "1", "--json", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -49,8 +49,13 @@ def _sharded_load(rank, world, path):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
 
-    from cogvx_mini.checkpoint import load_weights
-    from scale.parallel import ParallelTransformer, apply_fsdp, load_full_state_dict, materialize
+    from cogvx_mini.parallel.scale_parallel import (
+        ParallelTransformer,
+        apply_fsdp,
+        load_full_state_dict,
+        materialize,
+    )
+    from cogvx_mini.weights.checkpoint import load_weights
 
     with torch.device("meta"):
         wrapper = ParallelTransformer(CogVideoXTransformer(_config()))
@@ -106,7 +111,7 @@ def test_wrong_init_weights_stop_every_rank(tmp_path):
     """Rank 0 reads ``train.init_from``; its error reaches the other rank instead of a hang."""
     path = save_weights(CogVideoXTransformer(_config(num_layers=3)).state_dict(), tmp_path / "w")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
-    cmd += [str(ROOT / "scale" / "bench.py"), "--device", "cpu", "--set"]
+    cmd += ["-m", "cogvx_mini.bench", "scale", "--device", "cpu", "--set"]
     cmd += [f"train.init_from={path}", "--steps", "1", "--warmup", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)

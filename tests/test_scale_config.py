@@ -1,13 +1,15 @@
 """scale/ configs: typed loading, overrides, and the clear errors a practitioner meets first."""
 
-from pathlib import Path
-
 import pytest
 import scale_helpers  # noqa: F401  (puts the repository root on sys.path)
 
-from scale.config import check_world, config_from_dict, load_config, video_tokens
-
-CONFIGS = Path(__file__).resolve().parents[1] / "scale" / "configs"
+from cogvx_mini.training.scale_config import (
+    CONFIGS,  # noqa: E402
+    check_world,
+    config_from_dict,
+    load_config,
+    video_tokens,
+)
 
 
 @pytest.mark.parametrize("name", ["tiny", "cogvideox_2b", "cogvideox_5b"])

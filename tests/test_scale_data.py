@@ -6,12 +6,12 @@ import pytest
 import scale_helpers  # noqa: F401
 import torch
 
-from cogvx_mini.checkpoint import save_weights
-from cogvx_mini.text_encoder import ToyTextEncoder
-from cogvx_mini.toyworld import sample_video
+from cogvx_mini.data.text_encoder import ToyTextEncoder
+from cogvx_mini.data.toyworld import sample_video
+from cogvx_mini.data.video_io import save_video
+from cogvx_mini.training.latent_cache import BatchPlan, LatentCache, ToyLatents, pseudo_latents
 from cogvx_mini.vae import VAE3D, VAEConfig
-from cogvx_mini.video_io import save_video
-from scale.data import BatchPlan, LatentCache, ToyLatents, pseudo_latents
+from cogvx_mini.weights.checkpoint import save_weights
 from scale.precompute import build_video_encoder, frame_stride, precompute, read_captions
 
 
@@ -119,15 +119,16 @@ def test_video_encoder_from_vae_weights(tmp_path):
 def test_real_data_path_end_to_end(tmp_path):
     """Toy world written as video files -> precompute CLI (mini VAE, toy text encoder) ->
     ``torchrun scale/train.py --data CACHE`` on two processes."""
-    from scale_helpers import ROOT, torchrun
+    from scale_helpers import torchrun
 
-    from cogvx_mini.toyworld import write_dataset
+    from cogvx_mini.data.toyworld import write_dataset
+    from cogvx_mini.training.scale_config import CONFIGS
     from scale import precompute as precompute_cli
 
     write_dataset(tmp_path / "videos", 6, frames=9, height=32, width=32, fmt="gif")
     torch.manual_seed(0)
     vae_path = save_weights(VAE3D(VAEConfig.mini()).state_dict(), tmp_path / "vae.safetensors")
-    config = str(ROOT / "scale" / "configs" / "tiny.yaml")
+    config = str(CONFIGS / "tiny.yaml")
     precompute_cli.main(
         ["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "cache"), "--config", config]
         + ["--vae-weights", str(vae_path), "--vae-config", "mini", "--shard-size", "4"]

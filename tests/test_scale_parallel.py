@@ -6,7 +6,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from scale_helpers import run_gloo
 
-from scale.parallel import UlyssesAttention, all_gather, shard_sizes
+from cogvx_mini.parallel.scale_parallel import UlyssesAttention, all_gather, shard_sizes
 
 
 def _ulysses_matches_unsplit(rank, world, text_len, n_video, heads):
@@ -77,8 +77,8 @@ def _heads_not_divisible(rank, world):
 
 
 def _cp_model_matches_unsplit(rank, world, positions, checkpointing, grid=(3, 4, 6)):
+    from cogvx_mini.parallel.scale_parallel import ParallelTransformer
     from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
-    from scale.parallel import ParallelTransformer
 
     config = TransformerConfig.mini(num_layers=2, num_heads=4, head_dim=16, positions=positions)
     torch.manual_seed(0)

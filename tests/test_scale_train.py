@@ -14,9 +14,10 @@ import pytest
 import scale_helpers
 from scale_helpers import ROOT, torchrun
 
+from cogvx_mini.training.scale_config import CONFIGS
 from scale.train import check_checkpoint_config, latest_checkpoint
 
-CONFIG = str(ROOT / "scale" / "configs" / "tiny.yaml")
+CONFIG = str(CONFIGS / "tiny.yaml")
 COMMON = ["--config", CONFIG, "--data", "toy", "--set", "train.steps=12"]
 COMMON += ["--set", "train.checkpoint_every=100", "--set", "data.toy_samples=16"]
 COMMON += ["--set", "train.log_every=6", "--set", "optim.warmup_steps=3"]
@@ -65,7 +66,7 @@ def test_resume_on_another_layout_continues_exactly(runs):
 
 
 def test_checkpoint_of_another_config_is_refused(runs):
-    from scale.config import load_config
+    from cogvx_mini.training.scale_config import load_config
 
     _, s, _, _ = runs
     path = latest_checkpoint(s / "checkpoints")

@@ -2,7 +2,7 @@ import pytest
 import torch
 from tiny_models import tiny_t5
 
-from cogvx_mini.text_encoder import T5TextEncoder, ToyTextEncoder
+from cogvx_mini.data.text_encoder import T5TextEncoder, ToyTextEncoder
 
 
 def test_toy_encoder_is_deterministic_and_shaped():

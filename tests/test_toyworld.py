@@ -1,6 +1,6 @@
 import torch
 
-from cogvx_mini.toyworld import COLOURS, DIRECTIONS, render, sample_scene, sample_video
+from cogvx_mini.data.toyworld import COLOURS, DIRECTIONS, render, sample_scene, sample_video
 
 
 def test_same_seed_same_video_and_caption():
@@ -39,7 +39,7 @@ import random  # noqa: E402
 
 import pytest  # noqa: E402
 
-from cogvx_mini.toyworld import (  # noqa: E402
+from cogvx_mini.data.toyworld import (  # noqa: E402
     HELD_OUT,
     VideoFolder,
     judge,
@@ -47,7 +47,7 @@ from cogvx_mini.toyworld import (  # noqa: E402
     parse_caption,
     write_dataset,
 )
-from cogvx_mini.video_io import read_video, save_video  # noqa: E402
+from cogvx_mini.data.video_io import read_video, save_video  # noqa: E402
 
 
 def test_default_scenes_are_unchanged_by_the_splits():

@@ -3,10 +3,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from cogvx_mini.checkpoint import load_checkpoint
+from cogvx_mini.data.text_encoder import ToyTextEncoder
 from cogvx_mini.frame_pack import Bucket
-from cogvx_mini.text_encoder import ToyTextEncoder
-from cogvx_mini.train import (
+from cogvx_mini.training.train import (
     EpochPlan,
     LatentClip,
     LatentDataset,
@@ -19,6 +18,7 @@ from cogvx_mini.train import (
     train,
 )
 from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+from cogvx_mini.weights.checkpoint import load_checkpoint
 
 
 class PoolVAE:

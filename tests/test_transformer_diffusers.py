@@ -160,7 +160,7 @@ def test_config_round_trips_through_diffusers(make):
 
 
 def test_benchmark_smoke_on_cpu(tmp_path):
-    from cogvx_mini.bench_transformer import main
+    from cogvx_mini.bench.transformer import main
 
     rows = main(
         [

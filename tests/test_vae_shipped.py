@@ -2,10 +2,10 @@
 
 import torch
 
-from cogvx_mini.toyworld import sample_video
+from cogvx_mini.data.toyworld import sample_video
+from cogvx_mini.training.vae_train import held_out_videos
 from cogvx_mini.vae import load_mini_vae
 from cogvx_mini.vae_2d import load_mini_vae2d, psnr
-from cogvx_mini.vae_train import held_out_videos
 
 # Held-out PSNR of the shipped weights on 4 held-out 17x64x64 videos, measured at export (see
 # the safetensors metadata), minus a margin of 1 dB for platform differences.

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from cogvx_mini.video_io import film_strip, save_video, to_uint8_frames
+from cogvx_mini.data.video_io import film_strip, save_video, to_uint8_frames
 
 
 def test_uint8_conversion_maps_range_and_layout():

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from cogvx_mini.diffusion import NoiseSchedule
-from cogvx_mini.weights import (
+from cogvx_mini.weights.diffusers import (
     LazySafetensors,
     component_folder,
     schedule_from_diffusers,

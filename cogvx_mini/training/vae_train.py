@@ -1,7 +1,7 @@
 """Training the VAE on toy-world videos: L1 + KL, optional perceptual and GAN terms.
 
-    python -m cogvx_mini.vae_train --out runs/vae --steps 2000             # the 3D mini VAE
-    python -m cogvx_mini.vae_train --out runs/vae2d --steps 2000 --per-frame  # the 2D baseline
+    python -m cogvx_mini.training.vae_train --out runs/vae --steps 2000   # the 3D mini VAE
+    python -m cogvx_mini.training.vae_train --out runs/vae2d --per-frame  # the 2D baseline
 
 The loss is ``|x - x̂|₁ + kl_weight · KL / (pixels)`` (+ ``perceptual_weight · P(x̂, x)`` with a
 user-supplied network ``P``: LPIPS, which CogVideoX uses, needs pretrained weights that cannot be
@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cogvx_mini.checkpoint import load_checkpoint, save_checkpoint, save_weights
-from cogvx_mini.toyworld import sample_video
+from cogvx_mini.data.toyworld import sample_video
 from cogvx_mini.vae import VAE3D, VAEConfig
 from cogvx_mini.vae_2d import per_frame_config, psnr
+from cogvx_mini.weights.checkpoint import load_checkpoint, save_checkpoint, save_weights
 
 HELD_OUT_SEED = 1_000_000  # evaluation seeds start here; training seeds stay below
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
+from cogvx_mini.data.toyworld import judge, render, sample_scene
 from cogvx_mini.pipeline import MINI_GUIDANCE, evaluation_prompts, judge_scores, load_mini
-from cogvx_mini.toyworld import judge, render, sample_scene
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,7 @@ Every section is a dataclass; unknown keys and values of the wrong type fail wit
 names the key, what was expected and what came. ``check_world`` checks a config against the
 world size and the model before any GPU memory is touched.
 
-    config = load_config("scale/configs/cogvideox_2b.yaml", ["train.steps=100", "parallel.cp=2"])
+    config = load_config("cogvideox_2b", ["train.steps=100", "parallel.cp=2"])
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 PRESETS = ("mini", "cogvideox_2b", "cogvideox_5b")
+CONFIGS = Path(__file__).resolve().parent / "configs"  # tiny.yaml, cogvideox_2b.yaml, ...
 
 
 @dataclass
@@ -205,8 +206,11 @@ def config_from_dict(data: dict[str, Any]) -> ScaleConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ScaleConfig:
     """Read a YAML config and apply ``section.key=value`` overrides."""
     path = Path(path)
+    if not path.is_file() and (CONFIGS / f"{path}.yaml").is_file():
+        path = CONFIGS / f"{path}.yaml"  # a shipped config by name: tiny, cogvideox_2b, ...
     if not path.is_file():
-        raise FileNotFoundError(f"no config at {path}")
+        shipped = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+        raise FileNotFoundError(f"no config at {path} (shipped configs by name: {shipped})")
     data = yaml.safe_load(path.read_text()) or {}
     for override in overrides or []:
         _apply_override(data, override)

@@ -1,7 +1,7 @@
 """The mini training loop: a text-to-video diffusion transformer on VAE latents of the toy world.
 
-    python -m cogvx_mini.train --out runs/mini            # `make train`: ships the EMA weights
-    python -m cogvx_mini.train --out runs/mini --steps 50 # a quick run; resumes if interrupted
+    python -m cogvx_mini.training.train --out runs/mini   # `make train`: ships the EMA weights
+    python -m cogvx_mini.training.train --out runs/mini --steps 50   # resumes if interrupted
 
 What happens, in CogVideoX's order [@yang2024cogvideox]:
 
@@ -33,12 +33,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cogvx_mini.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from cogvx_mini.diffusion import NoiseSchedule, add_noise, v_loss, v_target
 from cogvx_mini.frame_pack import Bucket, bucket_batches, pack_to_bucket
 from cogvx_mini.timestep_sampling import TimestepLossTracker, batch_timesteps
+from cogvx_mini.weights.assets import ASSETS
+from cogvx_mini.weights.checkpoint import load_checkpoint, save_checkpoint, save_weights
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 WEIGHTS_NAME = "transformer_mini.safetensors"
 
 
@@ -100,7 +100,7 @@ def toy_clips(
     first_seed: int = 0,
 ):
     """Toy-world clips ``([3, T, H, W], caption)`` of mixed durations, deterministic by seed."""
-    from cogvx_mini.toyworld import render, sample_scene
+    from cogvx_mini.data.toyworld import render, sample_scene
 
     for seed in range(first_seed, first_seed + count):
         scene = sample_scene(seed, split=split)
@@ -345,7 +345,7 @@ def build_mini_dataset(
 ) -> LatentDataset:
     """The toy world's training split, encoded by the mini VAE (the shipped weights unless
     ``vae_weights``, run on ``device``) and the toy text encoder."""
-    from cogvx_mini.text_encoder import ToyTextEncoder
+    from cogvx_mini.data.text_encoder import ToyTextEncoder
     from cogvx_mini.vae import load_mini_vae
 
     buckets = [Bucket(9, 64, 64), Bucket(17, 64, 64)]

@@ -1,13 +1,13 @@
 """Training-step benchmark of scale/: time per step, MFU and peak memory, on one GPU or many.
 
     python -m cogvx_mini.bench scale --device cuda                            # 2B, full step
-    python scale/bench.py --config scale/configs/cogvideox_5b.yaml --mode fwdbwd
-    python scale/bench.py --config scale/configs/cogvideox_5b.yaml --set parallel.cpu_offload=true
-    torchrun --nproc_per_node=8 scale/bench.py --config scale/configs/cogvideox_5b.yaml \
+    python -m cogvx_mini.bench scale --config cogvideox_5b --mode fwdbwd
+    python -m cogvx_mini.bench scale --config cogvideox_5b --set parallel.cpu_offload=true
+    torchrun --nproc_per_node=8 -m cogvx_mini.bench scale --config cogvideox_5b \
         --set train.global_batch=8
-    torchrun --nproc_per_node=4 scale/bench.py --config scale/configs/cogvideox_5b.yaml \
+    torchrun --nproc_per_node=4 -m cogvx_mini.bench scale --config cogvideox_5b \
         --set parallel.cp=4 --frames 97                                      # context parallel
-    python scale/bench.py --device cpu                                        # CPU smoke, tiny
+    python -m cogvx_mini.bench scale --device cpu                        # CPU smoke, tiny
 
 The model is the same FSDP2-sharded, checkpointed, (optionally compiled) ``ParallelTransformer``
 that ``scale/train.py`` trains, built on the ``meta`` device and initialised shard by shard on the
@@ -29,13 +29,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from cogvx_mini.bench_transformer import matmul_peak  # noqa: E402
-from scale.config import check_world, load_config  # noqa: E402
-from scale.parallel import init_distributed  # noqa: E402
+from cogvx_mini.bench.transformer import matmul_peak
+from cogvx_mini.parallel.scale_parallel import init_distributed
+from cogvx_mini.training.scale_config import CONFIGS, check_world, load_config
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     default = "cogvideox_2b" if device == "cuda" else "tiny"
-    path = args.config or ROOT / "scale" / "configs" / f"{default}.yaml"
+    path = args.config or CONFIGS / f"{default}.yaml"
     config = load_config(path, args.set)
     frames, height, width = config.data.buckets[0]
     frames, height, width = args.frames or frames, args.height or height, args.width or width

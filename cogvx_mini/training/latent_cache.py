@@ -5,9 +5,9 @@ grouped in *buckets* of equal latent shape (a batch always comes from one bucket
 
 - :class:`LatentCache` reads what ``scale/precompute.py`` wrote: shards of safetensors (VAE
   latents and text embeddings) with one ``.jsonl`` index per shard.
-- :class:`ToyLatents` makes samples from ``cogvx_mini.toyworld`` without a VAE or T5: the video is
-  average-pooled to the latent grid (first frame alone, then groups of 4 frames, 8x8 pixels) and
-  its RGB mapped to ``C`` channels by a fixed matrix; the caption goes through the library's
+- :class:`ToyLatents` makes samples from ``cogvx_mini.data.toyworld`` without a VAE or T5: the
+  video is average-pooled to the latent grid (first frame alone, then groups of 4 frames, 8x8
+  pixels) and its RGB mapped to ``C`` channels by a fixed matrix; the caption goes through the library's
   ``ToyTextEncoder``. Enough structure to learn from, cheap enough for tests on 2 CPU cores.
 
 :class:`BatchPlan` decides everything random about a step from ``(seed, step)`` alone: the bucket,
@@ -79,8 +79,8 @@ class ToyLatents(LatentDataset):
         text_length: int,
         text_dim: int,
     ):
-        from cogvx_mini.text_encoder import ToyTextEncoder
-        from cogvx_mini.toyworld import sample_video
+        from cogvx_mini.data.text_encoder import ToyTextEncoder
+        from cogvx_mini.data.toyworld import sample_video
 
         encoder = ToyTextEncoder(text_dim, text_length)
         self.items: list[tuple[torch.Tensor, torch.Tensor, str]] = []

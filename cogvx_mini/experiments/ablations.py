@@ -38,15 +38,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cogvx_mini.data.text_encoder import ToyTextEncoder
 from cogvx_mini.diffusion import NoiseSchedule, add_noise, v_loss, v_target
 from cogvx_mini.frame_pack import Bucket
-from cogvx_mini.text_encoder import ToyTextEncoder
 from cogvx_mini.timestep_sampling import TimestepLossTracker, batch_timesteps
-from cogvx_mini.train import EpochPlan, LatentDataset, cache_latents, toy_clips
+from cogvx_mini.training.train import EpochPlan, LatentDataset, cache_latents, toy_clips
+from cogvx_mini.training.vae_train import VAETrainConfig, held_out_videos, training_batch
 from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig, count_parameters
 from cogvx_mini.vae import VAE3D, VAEConfig
 from cogvx_mini.vae_2d import flicker_score, per_frame_config, psnr
-from cogvx_mini.vae_train import VAETrainConfig, held_out_videos, training_batch
 
 ABLATIONS = (
     "vae_3d_vs_2d",
@@ -148,14 +148,15 @@ def _seed_all(seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# VAE training on any device (the loss of cogvx_mini.vae_train: L1 + weighted KL)
+# VAE training on any device (the loss of cogvx_mini.training.vae_train: L1 + weighted KL)
 
 
 def train_vae_on(
     vae: VAE3D, cfg: VAETrainConfig, device: str, progress: Callable[[str], None] | None = None
 ) -> list[float]:
-    """Train ``vae`` in place on ``device`` with :func:`cogvx_mini.vae_train.training_batch`
-    batches (``vae_train.train_vae`` runs on the CPU only); returns the L1 loss per step."""
+    """Train ``vae`` in place on ``device`` with
+    :func:`cogvx_mini.training.vae_train.training_batch` batches
+    (``vae_train.train_vae`` runs on the CPU only); returns the L1 loss per step."""
     _seed_all(cfg.seed)
     vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -260,7 +261,7 @@ def _latent_dataset(budget, device, count, lengths, buckets, first_seed, latent_
 
 
 # ---------------------------------------------------------------------------------------------
-# Diffusion training on any device (the recipe of cogvx_mini.train without EMA or checkpoints)
+# Diffusion training on any device (the mini recipe without EMA or checkpoints)
 
 
 @dataclass
@@ -359,8 +360,8 @@ def judged_generations(
     the judge: mean text-alignment score, share of objects moving the captioned way, and the
     position tracks' RMS distance (pixels) from a constant-velocity line (large-motion
     consistency: an object that jumps or stalls scores high)."""
+    from cogvx_mini.data.toyworld import judge_details
     from cogvx_mini.pipeline import evaluation_prompts, generate
-    from cogvx_mini.toyworld import judge_details
 
     pipe = _pipeline(model, data, budget, device)
     prompts = evaluation_prompts("train", budget.prompts, first_seed=10_000 + 97 * seed)
@@ -394,7 +395,7 @@ def judged_generations(
 def judge_ceiling(data: LatentDataset, budget: Budget, device: str) -> float:
     """The judge's mean score of the latent VAE's reconstructions of ``budget.prompts`` real
     clips of ``data``: the best a generator can score through this VAE (1 for a perfect VAE)."""
-    from cogvx_mini.toyworld import judge
+    from cogvx_mini.data.toyworld import judge
 
     vae, _ = latent_vae(budget, device)
     clips = data.clips[: budget.prompts]

@@ -1,5 +1,5 @@
 """Weights to fine-tune from (``train.init_from``): a cogvx_mini transformer state dict
-(safetensors, e.g. written by ``cogvx_mini.checkpoint.save_weights``), or a released model's
+(safetensors, e.g. written by ``cogvx_mini.weights.checkpoint.save_weights``), or a released model's
 diffusers folder (``transformer/`` inside, converted by ``cogvx_mini.weights``)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def read_init_weights(path: str | Path) -> dict[str, torch.Tensor]:
         from cogvx_mini.weights import transformer_from_diffusers
 
         return transformer_from_diffusers(path).state_dict()
-    from cogvx_mini.checkpoint import load_weights
+    from cogvx_mini.weights.checkpoint import load_weights
 
     return load_weights(path)
 

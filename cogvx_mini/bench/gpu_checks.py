@@ -1,7 +1,8 @@
-"""Print the table of the JSON results that ``scale/gpu_checks.sh`` (or ``scale/bench.py
---json``) wrote into a folder, with FSDP scaling efficiency and CP-vs-unsplit loss agreement.
+"""Print the table of the JSON results that ``scale/gpu_checks.sh`` (or
+``python -m cogvx_mini.bench scale --json``) wrote into a folder,
+with FSDP scaling efficiency and CP-vs-unsplit loss agreement.
 
-    python scale/gpu_checks.py OUT
+    python -m cogvx_mini.bench.gpu_checks OUT
 """
 
 from __future__ import annotations

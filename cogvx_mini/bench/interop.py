@@ -18,7 +18,7 @@ import gc
 
 import torch
 
-from cogvx_mini.bench_transformer import CONFIGS, timed
+from cogvx_mini.bench.transformer import CONFIGS, timed
 from cogvx_mini.diffusion import NoiseSchedule, ddim_step
 from cogvx_mini.weights import transformer_from_diffusers
 

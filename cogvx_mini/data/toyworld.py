@@ -380,7 +380,7 @@ def write_dataset(
     Writes ``root/captions.jsonl`` with one ``{"video", "caption", "seed"}`` object per line
     (video paths relative to ``root``) and returns its path.
     """
-    from cogvx_mini.video_io import save_video
+    from cogvx_mini.data.video_io import save_video
 
     if fmt not in ("mp4", "gif"):
         raise ValueError(f"expected fmt 'mp4' or 'gif', got {fmt!r}")
@@ -432,7 +432,7 @@ class VideoFolder:
         return len(self.entries)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, str]]:
-        from cogvx_mini.video_io import read_video
+        from cogvx_mini.data.video_io import read_video
 
         self.skipped = []
         for path, caption in self.entries:

@@ -1,0 +1,3 @@
+from cogvx_mini.experiments.ablations import main
+
+main()
