@@ -45,9 +45,10 @@ def load_mini(weights: str | Path | None = None, vae_weights: str | Path | None 
     """The shipped mini model: transformer weights + config from ``transformer_mini.safetensors``
     (or ``weights``), the mini VAE and the toy text encoder; eval mode, CPU, float32."""
     from cogvx_mini.data.text_encoder import ToyTextEncoder
-    from cogvx_mini.training.train import ASSETS, WEIGHTS_NAME, read_mini_weights
     from cogvx_mini.transformer import CogVideoXTransformer
     from cogvx_mini.vae import load_mini_vae
+    from cogvx_mini.weights.assets import ASSETS
+    from cogvx_mini.weights.mini import WEIGHTS_NAME, read_mini_weights
 
     config, state, meta = read_mini_weights(
         weights if weights is not None else ASSETS / WEIGHTS_NAME

@@ -38,8 +38,7 @@ from cogvx_mini.frame_pack import Bucket, bucket_batches, pack_to_bucket
 from cogvx_mini.timestep_sampling import TimestepLossTracker, batch_timesteps
 from cogvx_mini.weights.assets import ASSETS
 from cogvx_mini.weights.checkpoint import load_checkpoint, save_checkpoint, save_weights
-
-WEIGHTS_NAME = "transformer_mini.safetensors"
+from cogvx_mini.weights.mini import WEIGHTS_NAME, read_mini_weights
 
 
 @dataclass
@@ -450,24 +449,6 @@ def main(argv: list[str] | None = None) -> None:
     }
     (args.out / "train_log.json").write_text(json.dumps(log) + "\n")
     print(f"mean loss of the last 100 steps: {_tail_mean(args.out):.4f}; log: train_log.json")
-
-
-def read_mini_weights(path: str | Path):
-    """``(TransformerConfig, state dict, metadata)`` of a weights file this script wrote (the
-    config, schedule and latent scale travel in its safetensors metadata)."""
-    from safetensors import safe_open
-
-    from cogvx_mini.transformer import TransformerConfig
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no transformer weights at {path}: run `make train`")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    if "transformer_config" not in meta:
-        raise ValueError(f"{path} has no transformer_config metadata: not written by cogvx_mini")
-    return TransformerConfig(**json.loads(meta["transformer_config"])), state, meta
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
