@@ -82,6 +82,27 @@ def _check_transformer_features(c: dict[str, Any]) -> None:
         raise ValueError("learned positions exist only with RoPE and no temporal patch (5B-I2V)")
 
 
+# TransformerConfig field -> the diffusers config key holding the same value.
+_SAME_FIELDS = {
+    "num_layers": "num_layers",
+    "num_heads": "num_attention_heads",
+    "head_dim": "attention_head_dim",
+    "in_channels": "in_channels",
+    "time_embed_dim": "time_embed_dim",
+    "text_dim": "text_embed_dim",
+    "max_text_len": "max_text_seq_length",
+    "patch_size": "patch_size",
+    "spatial_interpolation_scale": "spatial_interpolation_scale",
+    "temporal_interpolation_scale": "temporal_interpolation_scale",
+    "learned_positions": "use_learned_positional_embeddings",
+    "attention_bias": "attention_bias",
+    "norm_eps": "norm_eps",
+    "norm_affine": "norm_elementwise_affine",
+    "flip_sin_to_cos": "flip_sin_to_cos",
+    "freq_shift": "freq_shift",
+}
+
+
 def transformer_config_from_diffusers(
     config: dict[str, Any], **overrides: Any
 ) -> TransformerConfig:
@@ -95,31 +116,16 @@ def transformer_config_from_diffusers(
     _check_transformer_features(c)
     p, p_t = c["patch_size"], c["patch_size_t"]
     return TransformerConfig(
-        num_layers=c["num_layers"],
-        num_heads=c["num_attention_heads"],
-        head_dim=c["attention_head_dim"],
-        in_channels=c["in_channels"],
+        **{ours: c[theirs] for ours, theirs in _SAME_FIELDS.items()},
         out_channels=c["out_channels"] or c["in_channels"],
-        time_embed_dim=c["time_embed_dim"],
-        text_dim=c["text_embed_dim"],
-        max_text_len=c["max_text_seq_length"],
-        patch_size=p,
         temporal_patch_size=p_t or 1,
         # diffusers' linear patch embedding (temporal patches) always has a bias
         patch_bias=bool(c["patch_bias"]) or p_t is not None,
         positions="rope" if c["use_rotary_positional_embeddings"] else "sincos",
-        spatial_interpolation_scale=c["spatial_interpolation_scale"],
-        temporal_interpolation_scale=c["temporal_interpolation_scale"],
         # 1.0 squeezes any grid into the training grid; 1.5 slices a larger table.
         rope_grid="interpolate" if p_t is None else "extrapolate",
         rope_base_grid=(c["sample_height"] // p, c["sample_width"] // p),
-        learned_positions=bool(c["use_learned_positional_embeddings"]),
         base_latent_frames=latent_frames(c["sample_frames"], c["temporal_compression_ratio"]),
-        attention_bias=c["attention_bias"],
-        norm_eps=c["norm_eps"],
-        norm_affine=c["norm_elementwise_affine"],
-        flip_sin_to_cos=c["flip_sin_to_cos"],
-        freq_shift=c["freq_shift"],
         **overrides,
     )
 
@@ -145,28 +151,13 @@ def transformer_config_to_diffusers(config: TransformerConfig) -> dict[str, Any]
     _check_released_architecture(config)
     p = config.patch_size
     return dict(
-        num_attention_heads=config.num_heads,
-        attention_head_dim=config.head_dim,
-        in_channels=config.in_channels,
+        **{theirs: getattr(config, ours) for ours, theirs in _SAME_FIELDS.items()},
         out_channels=config.out_channels,
-        flip_sin_to_cos=config.flip_sin_to_cos,
-        freq_shift=config.freq_shift,
-        time_embed_dim=config.time_embed_dim,
-        text_embed_dim=config.text_dim,
-        num_layers=config.num_layers,
-        attention_bias=config.attention_bias,
-        sample_height=config.rope_base_grid[0] * p,
-        sample_width=config.rope_base_grid[1] * p,
-        patch_size=p,
         patch_size_t=None if config.temporal_patch_size == 1 else config.temporal_patch_size,
         patch_bias=config.patch_bias,
-        max_text_seq_length=config.max_text_len,
-        norm_elementwise_affine=config.norm_affine,
-        norm_eps=config.norm_eps,
-        spatial_interpolation_scale=config.spatial_interpolation_scale,
-        temporal_interpolation_scale=config.temporal_interpolation_scale,
         use_rotary_positional_embeddings=config.positions == "rope",
-        use_learned_positional_embeddings=config.learned_positions,
+        sample_height=config.rope_base_grid[0] * p,
+        sample_width=config.rope_base_grid[1] * p,
         sample_frames=pixel_frames(
             config.base_latent_frames, TRANSFORMER_DEFAULTS["temporal_compression_ratio"]
         ),
