@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
+
+from cogvx_mini.vae_fast import FastConv3d
 
 # A conv cache maps each causal conv (by identity) to the last k-1 input frames it saw. One dict
 # is threaded through a whole network; ``None`` means "no chunking: this is the whole video".
@@ -55,8 +55,9 @@ class CausalConv3d(nn.Module):
             raise ValueError(f"expected odd spatial kernel sizes, got {kh}x{kw}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.time_pad = kt - 1
-        # Time is padded by hand (causally); space by the conv itself (zeros, symmetric).
-        self.conv = nn.Conv3d(
+        # Time is padded by hand (causally); space by the conv itself (zeros, symmetric). A
+        # FastConv3d is an nn.Conv3d that picks faster kernels on some backends (same result).
+        self.conv = FastConv3d(
             in_channels, out_channels, (kt, kh, kw), padding=(0, kh // 2, kw // 2), bias=bias
         )
 
@@ -72,27 +73,7 @@ class CausalConv3d(nn.Module):
 
     def run_conv(self, x: torch.Tensor) -> torch.Tensor:
         """The convolution itself on an already time-padded input ``[B, C_in, T + k - 1, H, W]``."""
-        c = self.conv
-        if c.kernel_size[0] == 1:
-            # One frame in time: a 2D conv per frame (faster than a 3D conv on every backend).
-            b = x.shape[0]
-            y = F.conv2d(
-                rearrange(x, "b c t h w -> (b t) c h w"),
-                c.weight[:, :, 0],
-                c.bias,
-                c.stride[1:],
-                c.padding[1:],
-                c.dilation[1:],
-                c.groups,
-            )
-            return rearrange(y, "(b t) c h w -> b c t h w", b=b)
-        if x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.enabled:
-            # PyTorch's heuristic sends small batch-1 3D convs to a slow im2col kernel on CPU
-            # (8x slower here); oneDNN is called directly instead (same math, autograd works).
-            return torch.mkldnn_convolution(
-                x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups
-            )
-        return c(x)
+        return self.conv(x)
 
     def forward(self, x: torch.Tensor, cache: ConvCache | None = None) -> torch.Tensor:
         if x.ndim != 5 or x.shape[1] != self.in_channels:

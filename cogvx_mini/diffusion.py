@@ -85,20 +85,10 @@ class NoiseSchedule:
         return cls(snr_shift_scale=1.0)
 
     def to_diffusers_config(self) -> dict:
-        """Keyword arguments of a diffusers ``CogVideoXDDIMScheduler`` with this schedule (the
-        inverse of :func:`cogvx_mini.weights.schedule_from_diffusers`)."""
-        return dict(
-            num_train_timesteps=self.num_train_timesteps,
-            beta_start=self.beta_start,
-            beta_end=self.beta_end,
-            beta_schedule="scaled_linear",
-            rescale_betas_zero_snr=self.zero_terminal_snr,
-            snr_shift_scale=self.snr_shift_scale,
-            prediction_type="v_prediction",
-            timestep_spacing="trailing",
-            set_alpha_to_one=True,
-            clip_sample=False,
-        )
+        """See :func:`cogvx_mini.weights.diffusers.schedule_to_diffusers_config`."""
+        from cogvx_mini.weights.diffusers import schedule_to_diffusers_config
+
+        return schedule_to_diffusers_config(self)
 
     @cached_property
     def alphas_cumprod(self) -> torch.Tensor:

@@ -29,16 +29,31 @@ MINI_GUIDANCE = 3.0
 @dataclass
 class Pipeline:
     """The pieces of a text-to-video model. ``latent_scale`` multiplies VAE latents for the
-    transformer (the VAE's ``scaling_factor`` in CogVideoX)."""
+    transformer (the VAE's ``scaling_factor`` in CogVideoX). The latent shape is the VAE's: it is
+    read from ``vae.config`` (a :class:`~cogvx_mini.vae.VAEConfig`)."""
 
     transformer: nn.Module
     vae: nn.Module
     text_encoder: object
     schedule: NoiseSchedule
     latent_scale: float = 1.0
-    latent_channels: int = 16
-    spatial_compression: int = 8
-    temporal_compression: int = 4
+
+    def latent_shape(self, batch: int, frames: int, height: int, width: int) -> tuple[int, ...]:
+        """``[B, C_lat, T', h, w]`` of the latents of ``batch`` videos of this size."""
+        config = self.vae.config
+        return config.latent_shape((batch, config.in_channels, frames, height, width))
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def spatial_compression(self) -> int:
+        return self.vae.config.spatial_compression
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.vae.config.temporal_compression
 
 
 def load_mini(weights: str | Path | None = None, vae_weights: str | Path | None = None) -> Pipeline:

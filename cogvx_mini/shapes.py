@@ -3,12 +3,17 @@
 The pipeline is video ``[B, 3, T, H, W]`` -> 3D causal VAE -> latents ``[B, 16, T', H/8, W/8]``
 -> patchify -> video tokens ``[B, N_video, D]`` -> expert transformer with text tokens
 ``[B, L, D]`` -> unpatchify -> latents -> VAE decode -> video. These functions compute every
-intermediate shape from the compression factors, so chapters and tests never type a shape by hand.
+intermediate shape from the compression factors (the VAE's from its ``VAEConfig``), so chapters and
+tests never type a shape by hand.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cogvx_mini.vae import VAEConfig
 
 
 def check_frame_count(frames: int, temporal_compression: int = 4) -> None:
@@ -73,9 +78,7 @@ def pipeline_shapes(
     width: int,
     *,
     batch: int = 1,
-    latent_channels: int = 16,
-    spatial_compression: int = 8,
-    temporal_compression: int = 4,
+    vae: VAEConfig | None = None,
     patch_size: int = 2,
     temporal_patch_size: int = 1,
     text_length: int = 226,
@@ -83,14 +86,21 @@ def pipeline_shapes(
 ) -> PipelineShapes:
     """Shapes of the whole pipeline for a ``frames x height x width`` video.
 
-    Defaults are CogVideoX-2B's: 8x8x4 VAE with 16 channels, 2x2 patches, 226 T5 tokens, width
-    1920. Raises ``ValueError`` with the expected and received values when a size does not divide.
+    The latents are those of ``vae`` (default: the released VAE, 8x8x4 with 16 channels); the
+    other defaults are CogVideoX-2B's: 2x2 patches, 226 T5 tokens, width 1920. Raises
+    ``ValueError`` with the expected and received values when a size does not divide.
     """
-    t_lat = latent_frames(frames, temporal_compression)
+    from cogvx_mini.vae import VAEConfig  # vae.py imports this module
+
+    vae = vae or VAEConfig.cogvideox()
+    check_frame_count(frames, vae.temporal_compression)
+    s = vae.spatial_compression
     for name, size in (("height", height), ("width", width)):
-        if size % spatial_compression:
-            raise ValueError(f"expected {name} divisible by {spatial_compression}, got {size}")
-    h_lat, w_lat = height // spatial_compression, width // spatial_compression
+        if size % s:
+            raise ValueError(f"expected {name} divisible by {s}, got {size}")
+    video = (batch, vae.in_channels, frames, height, width)
+    latents = vae.latent_shape(video)
+    t_lat, h_lat, w_lat = latents[2:]
     for name, size in (("latent height", h_lat), ("latent width", w_lat)):
         if size % patch_size:
             raise ValueError(f"expected {name} divisible by patch size {patch_size}, got {size}")
@@ -101,8 +111,8 @@ def pipeline_shapes(
     grid = (t_lat // temporal_patch_size, h_lat // patch_size, w_lat // patch_size)
     n_video = grid[0] * grid[1] * grid[2]
     return PipelineShapes(
-        video=(batch, 3, frames, height, width),
-        latents=(batch, latent_channels, t_lat, h_lat, w_lat),
+        video=video,
+        latents=latents,
         patch_grid=grid,
         video_tokens=(batch, n_video, hidden_dim),
         text_tokens=(batch, text_length, hidden_dim),

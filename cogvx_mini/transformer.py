@@ -14,7 +14,7 @@ returns ``[B, C, T, H, W]``. On the way [@yang2024cogvideox]:
 ``TransformerConfig`` builds the mini model, the released 2B and 5B shapes and the ablations
 (positions ``rope``/``sincos``, attention ``full``/``2d1d``, AdaLN ``expert``/``none``/``mmdit``),
 and sets the speed knobs (activation checkpointing, compiled blocks, attention backend).
-Weights in the diffusers layout convert with :func:`transformer_state_dict_from_diffusers`.
+Weights in the diffusers layout convert with :mod:`cogvx_mini.weights.diffusers`.
 """
 
 from __future__ import annotations
@@ -138,132 +138,16 @@ class TransformerConfig:
 
     @classmethod
     def from_diffusers_config(cls, config: dict[str, Any], **overrides: Any) -> TransformerConfig:
-        """The config of a diffusers ``CogVideoXTransformer3DModel`` (``config.json`` as a dict).
+        """See :func:`cogvx_mini.weights.diffusers.transformer_config_from_diffusers`."""
+        from cogvx_mini.weights.diffusers import transformer_config_from_diffusers
 
-        Raises ``ValueError`` for features this implementation does not have (the ``ofs``
-        embedding of 1.5-I2V, dropout, other activations).
-        """
-        c = {**_DIFFUSERS_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
-        unsupported = {
-            "ofs_embed_dim": bool(c["ofs_embed_dim"]),
-            "dropout": bool(c["dropout"]),
-            "activation_fn": c["activation_fn"] != "gelu-approximate",
-            "timestep_activation_fn": c["timestep_activation_fn"] != "silu",
-        }
-        bad = [f"{k}={c[k]!r}" for k, is_bad in unsupported.items() if is_bad]
-        if bad:
-            raise ValueError(f"diffusers config uses features cogvx_mini lacks: {', '.join(bad)}")
-        p, p_t = c["patch_size"], c["patch_size_t"]
-        rope = bool(c["use_rotary_positional_embeddings"])
-        learned = bool(c["use_learned_positional_embeddings"])
-        if learned and (not rope or p_t is not None):
-            raise ValueError(
-                "learned positions exist only with RoPE and no temporal patch (5B-I2V)"
-            )
-        base_frames = (c["sample_frames"] - 1) // c["temporal_compression_ratio"] + 1
-        return cls(
-            num_layers=c["num_layers"],
-            num_heads=c["num_attention_heads"],
-            head_dim=c["attention_head_dim"],
-            in_channels=c["in_channels"],
-            out_channels=c["out_channels"] or c["in_channels"],
-            time_embed_dim=c["time_embed_dim"],
-            text_dim=c["text_embed_dim"],
-            max_text_len=c["max_text_seq_length"],
-            patch_size=p,
-            temporal_patch_size=p_t or 1,
-            # diffusers' linear patch embedding (temporal patches) always has a bias
-            patch_bias=bool(c["patch_bias"]) or p_t is not None,
-            positions="rope" if rope else "sincos",
-            spatial_interpolation_scale=c["spatial_interpolation_scale"],
-            temporal_interpolation_scale=c["temporal_interpolation_scale"],
-            # 1.0 squeezes any grid into the training grid; 1.5 slices a larger table.
-            rope_grid="interpolate" if p_t is None else "extrapolate",
-            rope_base_grid=(c["sample_height"] // p, c["sample_width"] // p),
-            learned_positions=learned,
-            base_latent_frames=base_frames,
-            attention_bias=c["attention_bias"],
-            norm_eps=c["norm_eps"],
-            norm_affine=c["norm_elementwise_affine"],
-            flip_sin_to_cos=c["flip_sin_to_cos"],
-            freq_shift=c["freq_shift"],
-            **overrides,
-        )
+        return transformer_config_from_diffusers(config, **overrides)
 
     def to_diffusers_config(self) -> dict[str, Any]:
-        """Keyword arguments of a diffusers ``CogVideoXTransformer3DModel`` with this shape.
+        """See :func:`cogvx_mini.weights.diffusers.transformer_config_to_diffusers`."""
+        from cogvx_mini.weights.diffusers import transformer_config_to_diffusers
 
-        Only the released architecture has one (expert AdaLN, full attention, sincos or RoPE).
-        """
-        if self.adaln != "expert" or self.attention != "full" or self.positions == "none":
-            raise ValueError("diffusers has only adaln='expert', attention='full' with positions")
-        if not self.qk_norm or self.ff_mult != 4:
-            raise ValueError("diffusers' CogVideoX blocks always use QK-norm and a 4x feed-forward")
-        if self.temporal_patch_size > 1 and not self.patch_bias:
-            raise ValueError("diffusers' temporal patch embedding always has a bias")
-        rope = self.positions == "rope"
-        if rope and self.rope_grid != (
-            "interpolate" if self.temporal_patch_size == 1 else "extrapolate"
-        ):
-            raise ValueError(f"diffusers' pipelines do not use rope_grid={self.rope_grid!r} here")
-        p = self.patch_size
-        return dict(
-            num_attention_heads=self.num_heads,
-            attention_head_dim=self.head_dim,
-            in_channels=self.in_channels,
-            out_channels=self.out_channels,
-            flip_sin_to_cos=self.flip_sin_to_cos,
-            freq_shift=self.freq_shift,
-            time_embed_dim=self.time_embed_dim,
-            text_embed_dim=self.text_dim,
-            num_layers=self.num_layers,
-            attention_bias=self.attention_bias,
-            sample_height=self.rope_base_grid[0] * p,
-            sample_width=self.rope_base_grid[1] * p,
-            patch_size=p,
-            patch_size_t=None if self.temporal_patch_size == 1 else self.temporal_patch_size,
-            patch_bias=self.patch_bias,
-            max_text_seq_length=self.max_text_len,
-            norm_elementwise_affine=self.norm_affine,
-            norm_eps=self.norm_eps,
-            spatial_interpolation_scale=self.spatial_interpolation_scale,
-            temporal_interpolation_scale=self.temporal_interpolation_scale,
-            use_rotary_positional_embeddings=rope,
-            use_learned_positional_embeddings=self.learned_positions,
-            sample_frames=(self.base_latent_frames - 1) * 4 + 1,
-        )
-
-
-_DIFFUSERS_DEFAULTS: dict[str, Any] = {
-    "num_attention_heads": 30,
-    "attention_head_dim": 64,
-    "in_channels": 16,
-    "out_channels": 16,
-    "flip_sin_to_cos": True,
-    "freq_shift": 0,
-    "time_embed_dim": 512,
-    "ofs_embed_dim": None,
-    "text_embed_dim": 4096,
-    "num_layers": 30,
-    "dropout": 0.0,
-    "attention_bias": True,
-    "sample_width": 90,
-    "sample_height": 60,
-    "sample_frames": 49,
-    "patch_size": 2,
-    "patch_size_t": None,
-    "temporal_compression_ratio": 4,
-    "max_text_seq_length": 226,
-    "activation_fn": "gelu-approximate",
-    "timestep_activation_fn": "silu",
-    "norm_elementwise_affine": True,
-    "norm_eps": 1e-5,
-    "spatial_interpolation_scale": 1.875,
-    "temporal_interpolation_scale": 1.0,
-    "use_rotary_positional_embeddings": False,
-    "use_learned_positional_embeddings": False,
-    "patch_bias": True,
-}
+        return transformer_config_to_diffusers(self)
 
 
 def timestep_embedding(
@@ -622,76 +506,4 @@ def forward_flops(
     out = {"linear": linear, "attention": attention, "embed": embed}
     out = {k: v * batch for k, v in out.items()}
     out["total"] = sum(out.values())
-    return out
-
-
-# -- conversion from diffusers ------------------------------------------------------------------
-
-
-def _diffusers_key_map(config: TransformerConfig) -> dict[str, list[str]]:
-    """cogvx_mini key -> the diffusers keys it is made of (concatenated along dim 0)."""
-    names: dict[str, list[str]] = {}
-
-    def both(ours: str, theirs: str, bias: bool = True) -> None:
-        names[f"{ours}.weight"] = [f"{theirs}.weight"]
-        if bias:
-            names[f"{ours}.bias"] = [f"{theirs}.bias"]
-
-    both("patch_embed", "patch_embed.proj", bias=config.patch_bias)
-    if config.learned_positions:
-        names["pos_embedding"] = ["patch_embed.pos_embedding"]
-    both("text_proj", "patch_embed.text_proj")
-    both("time_embed.linear_1", "time_embedding.linear_1")
-    both("time_embed.linear_2", "time_embedding.linear_2")
-    affine = config.norm_affine
-    for i in range(config.num_layers):
-        ours, theirs = f"blocks.{i}", f"transformer_blocks.{i}"
-        for norm in ("norm1", "norm2"):
-            both(f"{ours}.{norm}.linear", f"{theirs}.{norm}.linear")
-            if affine:
-                both(f"{ours}.{norm}.norm", f"{theirs}.{norm}.norm")
-        for part in ("weight", "bias") if config.attention_bias else ("weight",):
-            names[f"{ours}.attn.qkv.{part}"] = [f"{theirs}.attn1.to_{x}.{part}" for x in "qkv"]
-        if config.qk_norm:
-            both(f"{ours}.attn.norm_q", f"{theirs}.attn1.norm_q")
-            both(f"{ours}.attn.norm_k", f"{theirs}.attn1.norm_k")
-        both(f"{ours}.attn.out", f"{theirs}.attn1.to_out.0")
-        both(f"{ours}.ff.fc1", f"{theirs}.ff.net.0.proj")
-        both(f"{ours}.ff.fc2", f"{theirs}.ff.net.2")
-    if affine:
-        both("norm_final", "norm_final")
-        both("norm_out.norm", "norm_out.norm")
-    both("norm_out.linear", "norm_out.linear")
-    both("proj_out", "proj_out")
-    return names
-
-
-def transformer_state_dict_from_diffusers(
-    state_dict: dict[str, torch.Tensor], config: TransformerConfig
-) -> dict[str, torch.Tensor]:
-    """A diffusers ``CogVideoXTransformer3DModel`` state dict -> a ``CogVideoXTransformer`` one.
-
-    ``to_q/to_k/to_v`` are stacked into the fused ``qkv``; the patch convolution's kernel
-    ``[D, C, p, p]`` becomes the patch embedding's ``[D, C·p·p]`` (same feature order). Tensors
-    that need no change are passed through without a copy. Raises ``KeyError`` listing every
-    missing and unexpected key.
-    """
-    if config.adaln != "expert" or config.attention != "full":
-        raise ValueError(
-            "only the released architecture (adaln='expert', attention='full') converts"
-        )
-    key_map = _diffusers_key_map(config)
-    used = {k for keys in key_map.values() for k in keys}
-    missing = sorted(k for k in used if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in used)
-    if missing or unexpected:
-        raise KeyError(f"diffusers state dict does not match the config: missing {missing}, "
-                       f"unexpected {unexpected}")  # fmt: skip
-    out = {}
-    for ours, theirs in key_map.items():
-        tensors = [state_dict[k] for k in theirs]
-        tensor = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
-        if ours == "patch_embed.weight":
-            tensor = tensor.reshape(tensor.shape[0], -1)
-        out[ours] = tensor
     return out

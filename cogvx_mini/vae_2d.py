@@ -37,10 +37,9 @@ def per_frame_config(base: VAEConfig | None = None, latent_channels: int = 4) ->
 
 def load_mini_vae2d(path: str | None = None) -> VAE3D:
     """The per-frame baseline with the weights shipped in ``assets/vae2d_mini.safetensors``."""
-    from cogvx_mini.vae import _load_shipped
     from cogvx_mini.weights.assets import asset_path
 
-    return _load_shipped(VAE3D, per_frame_config(), path or asset_path("vae2d_mini.safetensors"))
+    return VAE3D.from_file(per_frame_config(), path or asset_path("vae2d_mini.safetensors"))
 
 
 def flicker_score(reconstruction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -155,11 +155,11 @@ def build_video_encoder(weights: str, preset: str, device: torch.device) -> Vide
     safetensors path of a cogvx_mini VAE state dict of ``preset`` (``mini`` or ``cogvideox``).
     Returns ``encode(video [1, 3, T, H, W]) -> latents [16, T', H/8, W/8]`` (posterior mean x
     scaling factor)."""
-    from cogvx_mini.vae import VAE3D, VAEConfig
+    from cogvx_mini.vae import VAE3D, VAEConfig, load_mini_vae
     from cogvx_mini.weights.checkpoint import load_weights
 
     if weights == "mini":
-        vae = VAE3D.from_pretrained_mini()
+        vae = load_mini_vae()
     elif Path(weights).is_dir():
         from cogvx_mini.weights import vae_from_diffusers
 

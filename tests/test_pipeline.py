@@ -7,10 +7,13 @@ from cogvx_mini.data.video_io import read_video
 from cogvx_mini.diffusion import NoiseSchedule
 from cogvx_mini.pipeline import Pipeline, generate, save_videos
 from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+from cogvx_mini.vae import VAEConfig
 
 
 class UpsampleVAE(torch.nn.Module):
     """Stand-in decoder with the VAE's shapes: 3 of 16 channels, 4x in time, 8x8 in space."""
+
+    config = VAEConfig.mini()
 
     def decode(self, z):
         first = repeat(z[:, :3, :1], "b c t h w -> b c t (h p) (w q)", p=8, q=8)
@@ -80,3 +83,13 @@ def test_save_videos(tmp_path):
     paths = save_videos(videos, tmp_path, ["a", "b"], fmt="gif")
     assert [p.name for p in paths] == ["a.gif", "b.gif"]
     assert read_video(paths[1]).shape == (3, 5, 16, 16)
+
+
+def test_latent_shape_is_the_vae_configs():
+    from cogvx_mini.vae_2d import per_frame_config
+
+    pipe = tiny_pipe()
+    assert pipe.latent_shape(2, 9, 32, 48) == (2, 16, 3, 4, 6)
+    assert (pipe.latent_channels, pipe.spatial_compression, pipe.temporal_compression) == (16, 8, 4)
+    pipe.vae.config = per_frame_config(latent_channels=4)  # no temporal compression, 4 channels
+    assert pipe.latent_shape(1, 9, 32, 48) == (1, 4, 9, 4, 6)

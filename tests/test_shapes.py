@@ -31,3 +31,15 @@ def test_bad_spatial_size_is_named():
         pipeline_shapes(49, 480, 721)
     with pytest.raises(ValueError, match="latent height divisible by patch size 2, got 3"):
         pipeline_shapes(49, 24, 64)
+
+
+def test_latents_follow_the_vae_config():
+    from cogvx_mini.vae import VAEConfig
+    from cogvx_mini.vae_2d import per_frame_config
+
+    mini = pipeline_shapes(17, 64, 64, vae=VAEConfig.mini())
+    assert mini.latents == VAEConfig.mini().latent_shape(mini.video) == (1, 16, 5, 8, 8)
+    per_frame = pipeline_shapes(17, 64, 64, vae=per_frame_config(latent_channels=4))
+    assert per_frame.latents == (1, 4, 17, 8, 8)
+    with pytest.raises(ValueError, match="width divisible by 4, got 30"):
+        pipeline_shapes(9, 32, 30, vae=VAEConfig(block_out_channels=(8, 8, 8)))

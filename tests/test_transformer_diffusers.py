@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from cogvx_mini.rope import positions_interpolated, rope_3d, sincos_3d
-from cogvx_mini.transformer import (
-    CogVideoXTransformer,
-    TransformerConfig,
+from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+from cogvx_mini.weights.diffusers import (
+    transformer_config_from_diffusers,
+    transformer_config_to_diffusers,
     transformer_state_dict_from_diffusers,
 )
 
@@ -55,7 +56,7 @@ def _diffusers_rope(model, frames, height, width):
 def _pair(like, seed=0):
     torch.manual_seed(seed)
     theirs = CogVideoXTransformer3DModel(**SMALL, **LIKE[like]).eval()
-    config = TransformerConfig.from_diffusers_config(dict(theirs.config))
+    config = transformer_config_from_diffusers(dict(theirs.config))
     ours = CogVideoXTransformer(config).eval()
     ours.load_state_dict(transformer_state_dict_from_diffusers(theirs.state_dict(), config))
     return theirs, ours
@@ -102,15 +103,15 @@ def test_released_configs_convert_to_ours():
     # the constructor's defaults are CogVideoX-2B's config; 5B changes heads, layers, positions
     signature = inspect.signature(CogVideoXTransformer3DModel.__init__).parameters.items()
     defaults = {k: p.default for k, p in signature if k != "self"}
-    assert TransformerConfig.from_diffusers_config(defaults) == TransformerConfig.cogvideox_2b()
+    assert transformer_config_from_diffusers(defaults) == TransformerConfig.cogvideox_2b()
     five_b = {**defaults, "num_attention_heads": 48, "num_layers": 42}
     five_b["use_rotary_positional_embeddings"] = True
-    assert TransformerConfig.from_diffusers_config(five_b) == TransformerConfig.cogvideox_5b()
+    assert transformer_config_from_diffusers(five_b) == TransformerConfig.cogvideox_5b()
 
 
 def test_key_mismatch_lists_the_keys():
     theirs, _ = _pair("2b")
-    config = TransformerConfig.from_diffusers_config(dict(theirs.config))
+    config = transformer_config_from_diffusers(dict(theirs.config))
     state = dict(theirs.state_dict())
     state.pop("proj_out.bias")
     state["extra.weight"] = torch.zeros(1)
@@ -119,9 +120,9 @@ def test_key_mismatch_lists_the_keys():
     ):
         transformer_state_dict_from_diffusers(state, config)
     with pytest.raises(ValueError, match="learned positions exist only with RoPE"):
-        TransformerConfig.from_diffusers_config({"use_learned_positional_embeddings": True})
+        transformer_config_from_diffusers({"use_learned_positional_embeddings": True})
     with pytest.raises(ValueError, match="ofs_embed_dim"):
-        TransformerConfig.from_diffusers_config({"ofs_embed_dim": 512})
+        transformer_config_from_diffusers({"ofs_embed_dim": 512})
 
 
 def test_image_to_video_variant_with_learned_positions():
@@ -132,7 +133,7 @@ def test_image_to_video_variant_with_learned_positions():
     theirs = CogVideoXTransformer3DModel(**kwargs, use_learned_positional_embeddings=True).eval()
     with torch.no_grad():  # a "learned" table, text rows included
         theirs.patch_embed.pos_embedding.normal_()
-    config = TransformerConfig.from_diffusers_config(dict(theirs.config))
+    config = transformer_config_from_diffusers(dict(theirs.config))
     assert config.learned_positions and config.in_channels == 8 and config.out_channels == 4
     ours = CogVideoXTransformer(config).eval()
     ours.load_state_dict(transformer_state_dict_from_diffusers(theirs.state_dict(), config))
@@ -156,6 +157,8 @@ def test_image_to_video_variant_with_learned_positions():
 )
 def test_config_round_trips_through_diffusers(make):
     config = make()
+    assert transformer_config_from_diffusers(transformer_config_to_diffusers(config)) == config
+    # the delegating methods that callers outside cogvx_mini.weights use
     assert TransformerConfig.from_diffusers_config(config.to_diffusers_config()) == config
 
 

@@ -1,19 +1,19 @@
 import pytest
 import torch
 
-from cogvx_mini.vae import (
-    VAE3D,
-    DiagonalGaussian,
-    VAEConfig,
-    temporal_chunks,
-    vae_state_dict_from_diffusers,
-)
+from cogvx_mini.vae import VAE3D, DiagonalGaussian, VAEConfig, temporal_chunks
+from cogvx_mini.weights.diffusers import vae_state_dict_from_diffusers
 
 SMALL = dict(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_groups=4)
 
 
 def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
+
+
+def video_in_range(*shape, seed=0):
+    """A random video with pixel values in [-1, 1], as the VAE expects."""
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +49,18 @@ def test_chunking_rule():
     assert temporal_chunks(1, 2) == [(0, 1)]
 
 
+@pytest.fixture(params=[True, False], ids=["fast", "plain"])
+def fast(request, pair):
+    """Run a test on the fast inference path and on the plain modules."""
+    pair[1].fast_inference = request.param
+    yield request.param
+    pair[1].fast_inference = True
+
+
 @pytest.mark.parametrize("frames", [1, 9, 17])
-def test_encode_equals_diffusers(pair, frames):
+def test_encode_equals_diffusers(pair, frames, fast):
     ref, mine = pair
-    x = torch.randn(1, 3, frames, 32, 40, generator=torch.Generator().manual_seed(frames))
+    x = video_in_range(1, 3, frames, 32, 40, seed=frames)
     with torch.no_grad():
         expected = ref.encode(x).latent_dist
         got = mine.encode(x)
@@ -62,7 +70,7 @@ def test_encode_equals_diffusers(pair, frames):
 
 
 @pytest.mark.parametrize("latent_frames", [1, 3, 5])
-def test_decode_equals_diffusers(pair, latent_frames):
+def test_decode_equals_diffusers(pair, latent_frames, fast):
     ref, mine = pair
     z = torch.randn(2, 16, latent_frames, 4, 5, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -72,7 +80,7 @@ def test_decode_equals_diffusers(pair, latent_frames):
     assert rel_err(got, expected) <= 1e-5
 
 
-def test_tiled_encode_and_decode_equal_diffusers_tiling(pair):
+def test_tiled_encode_and_decode_equal_diffusers_tiling(pair, fast):
     ref, mine = pair
     ref.enable_tiling(
         tile_sample_min_height=48,
@@ -81,7 +89,7 @@ def test_tiled_encode_and_decode_equal_diffusers_tiling(pair):
         tile_overlap_factor_width=1 / 6,
     )
     try:
-        x = torch.randn(1, 3, 5, 80, 88, generator=torch.Generator().manual_seed(2))
+        x = video_in_range(1, 3, 5, 80, 88, seed=2)
         z = torch.randn(1, 16, 1, 10, 11, generator=torch.Generator().manual_seed(3))
         with torch.no_grad():
             enc_ref, enc = ref.encode(x).latent_dist.mean, mine.encode(x, tiled=True).mean
@@ -98,7 +106,7 @@ def test_tiled_encode_and_decode_equal_diffusers_tiling(pair):
 @pytest.mark.parametrize("time_slice", [1, 3])
 def test_streaming_slices_equal_whole_chunk(pair, time_slice):
     _, mine = pair
-    x = torch.randn(2, 3, 17, 16, 16, generator=torch.Generator().manual_seed(4))
+    x = video_in_range(2, 3, 17, 16, 16, seed=4)
     z = torch.randn(2, 16, 5, 2, 2, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         enc, dec = mine.encode(x).mean, mine.decode(z)
@@ -110,12 +118,13 @@ def test_streaming_slices_equal_whole_chunk(pair, time_slice):
     assert rel_err(enc_s, enc) <= 1e-5 and rel_err(dec_s, dec) <= 1e-5
 
 
-def test_causal_chunk_by_chunk():
+@pytest.mark.parametrize("fast_inference", [True, False])
+def test_causal_chunk_by_chunk(fast_inference):
     torch.manual_seed(0)
-    vae = VAE3D(VAEConfig(**SMALL)).eval()
-    x = torch.randn(1, 3, 17, 16, 16)
+    vae = VAE3D(VAEConfig(**SMALL), fast_inference=fast_inference).eval()
+    x = video_in_range(1, 3, 17, 16, 16, seed=0)
     x2 = x.clone()
-    x2[:, :, 9:] = torch.randn_like(x2[:, :, 9:])
+    x2[:, :, 9:] = video_in_range(1, 3, 8, 16, 16, seed=1)
     z = torch.randn(1, 16, 5, 2, 2)
     z2 = z.clone()
     z2[:, :, 3:] = torch.randn_like(z2[:, :, 3:])
@@ -180,7 +189,7 @@ def test_autograd_path_equals_the_in_place_inference_path(pair):
     # Inference normalises in place and writes residuals into their input; training (autograd)
     # takes the out-of-place path. Both must compute the same function (float32 rounding aside).
     _, mine = pair
-    x = torch.randn(1, 3, 9, 32, 40, generator=torch.Generator().manual_seed(5))
+    x = video_in_range(1, 3, 9, 32, 40, seed=5)
     with torch.no_grad():
         z = mine.encode(x).mean
         fast = mine.decode(z)
@@ -201,3 +210,31 @@ def test_decoding_under_inference_mode_leaves_training_possible(pair):
     with torch.enable_grad():
         mine.decode(z.requires_grad_()).sum().backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_module_apply_reaches_every_submodule():
+    # GroupNorm3D and SpatialNorm3D once overrode nn.Module.apply, so VAE3D(...).apply(fn) raised.
+    vae = VAE3D(VAEConfig(**SMALL))
+    seen = []
+    assert vae.apply(seen.append) is vae
+    assert len(seen) == len(list(vae.modules()))
+    vae.apply(lambda m: torch.nn.init.zeros_(m.bias) if isinstance(m, torch.nn.GroupNorm) else None)
+    assert all(m.bias.abs().sum() == 0 for m in vae.modules() if isinstance(m, torch.nn.GroupNorm))
+
+
+def test_bad_inputs_are_refused_with_what_was_expected():
+    vae = VAE3D(VAEConfig(**SMALL)).eval()
+    with pytest.raises(ValueError, match=r"video: expected dtype torch.float32.*got torch.float64"):
+        vae.encode(torch.zeros(1, 3, 5, 16, 16, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"latents: expected dtype torch.float32.*torch.bfloat16"):
+        vae.decode(torch.zeros(1, 16, 2, 2, 2, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match=r"video: expected a batch of at least 1, got shape \(0,"):
+        vae.encode(torch.zeros(0, 3, 5, 16, 16))
+    with pytest.raises(ValueError, match=r"latents: expected a batch of at least 1"):
+        vae.decode(torch.zeros(0, 16, 2, 2, 2))
+    with pytest.raises(ValueError, match=r"expected pixel values in \[-1, 1\], got .*\[0, 255\]"):
+        vae.encode(torch.full((1, 3, 5, 16, 16), 255.0))  # frames in [0, 255], not scaled
+    with pytest.raises(ValueError, match=r"expected pixel values in \[-1, 1\], got .*nan"):
+        vae.encode(torch.full((1, 3, 5, 16, 16), float("nan")))
+    with torch.no_grad():  # up to 1.5 passes: slightly overshooting videos are still videos
+        assert vae.encode(torch.full((1, 3, 5, 16, 16), -1.4)).mean.shape == (1, 16, 2, 2, 2)

@@ -11,6 +11,7 @@ from cogvx_mini.weights.diffusers import (
     LazySafetensors,
     component_folder,
     schedule_from_diffusers,
+    schedule_to_diffusers_config,
     transformer_from_diffusers,
 )
 
@@ -78,5 +79,8 @@ def test_schedule_round_trips_through_a_diffusers_scheduler_config(tmp_path, mak
     from diffusers import CogVideoXDDIMScheduler
 
     schedule = make()
-    CogVideoXDDIMScheduler(**schedule.to_diffusers_config()).save_pretrained(tmp_path / "scheduler")
+    CogVideoXDDIMScheduler(**schedule_to_diffusers_config(schedule)).save_pretrained(
+        tmp_path / "scheduler"
+    )
     assert schedule_from_diffusers(tmp_path) == schedule
+    assert schedule.to_diffusers_config() == schedule_to_diffusers_config(schedule)

@@ -26,12 +26,8 @@ from pathlib import Path
 
 import torch
 
-from cogvx_mini.transformer import (
-    CogVideoXTransformer,
-    TransformerConfig,
-    forward_flops,
-    transformer_state_dict_from_diffusers,
-)
+from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig, forward_flops
+from cogvx_mini.weights.diffusers import transformer_state_dict_from_diffusers
 
 CONFIGS = {
     "mini": TransformerConfig.mini,

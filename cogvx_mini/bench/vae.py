@@ -24,7 +24,8 @@ from collections.abc import Callable
 
 import torch
 
-from cogvx_mini.vae import VAE3D, VAEConfig, vae_state_dict_from_diffusers
+from cogvx_mini.vae import VAE3D, VAEConfig
+from cogvx_mini.weights.diffusers import vae_state_dict_from_diffusers
 
 
 def _sync(device: torch.device) -> None:
