@@ -13,7 +13,8 @@ returns ``[B, C, T, H, W]``. On the way [@yang2024cogvideox]:
 
 ``TransformerConfig`` builds the mini model, the released 2B and 5B shapes and the ablations
 (positions ``rope``/``sincos``, attention ``full``/``2d1d``, AdaLN ``expert``/``none``/``mmdit``),
-and sets the speed knobs (activation checkpointing, compiled blocks, attention backend).
+and describes the model only: how it runs (activation checkpointing, compiled blocks, attention
+kernels, several GPUs) is applied to a built model from outside by :mod:`cogvx_mini.parallel`.
 Weights in the diffusers layout convert with :mod:`cogvx_mini.weights.diffusers`.
 """
 
@@ -27,14 +28,16 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.checkpoint import checkpoint
 
 from cogvx_mini.adaln import ADALN_VARIANTS, FinalAdaLN, MMDiTAdaLN, gated_residual
-from cogvx_mini.attention import Attention, MMDiTAttention, sdpa_core
+from cogvx_mini.attention import Attention, MMDiTAttention
 from cogvx_mini.patchify import patch_grid, patchify, unpatchify
 from cogvx_mini.rope import positions_extrapolated, positions_interpolated, rope_3d, sincos_3d
 
 Rope = tuple[torch.Tensor, torch.Tensor] | None
+# Timesteps index the training schedule's 1000 steps (``NoiseSchedule.num_train_timesteps``);
+# samplers pass fractional ones too, so any value in [0, 1000) is valid.
+TRAIN_TIMESTEPS = 1000
 
 
 @dataclass
@@ -47,10 +50,8 @@ class TransformerConfig:
     modality). ``learned_positions``: an extra stored embedding over ``[text; video]`` for the
     ``base_latent_frames`` x ``rope_base_grid`` grid only (CogVideoX-5B-I2V).
 
-    Speed knobs: ``checkpointing`` (``none``, ``full`` = recompute the whole block in backward,
-    ``selective`` = recompute all but the attention kernel's output) applied to every
-    ``checkpoint_every``-th block, ``compile_blocks`` (``torch.compile`` each block),
-    ``attention_backend`` (``auto``, ``flash``, ``cudnn``, ``efficient``, ``math``).
+    The model only: run-time choices (checkpointing, compile, attention kernel) are applied to a
+    built model by :mod:`cogvx_mini.parallel.runtime`.
     """
 
     num_layers: int = 30
@@ -81,10 +82,6 @@ class TransformerConfig:
     norm_affine: bool = True
     flip_sin_to_cos: bool = True
     freq_shift: float = 0.0
-    checkpointing: str = "none"
-    checkpoint_every: int = 1
-    compile_blocks: bool = False
-    attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
         choices = {
@@ -92,19 +89,23 @@ class TransformerConfig:
             "rope_grid": ("interpolate", "extrapolate"),
             "attention": ("full", "2d1d"),
             "adaln": tuple(ADALN_VARIANTS),
-            "checkpointing": ("none", "full", "selective"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"expected {name} in {allowed}, got {getattr(self, name)!r}")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"expected checkpoint_every >= 1, got {self.checkpoint_every}")
         self.rope_base_grid = tuple(self.rope_base_grid)
 
     @property
     def dim(self) -> int:
         """Width of the token stream, ``num_heads · head_dim``."""
         return self.num_heads * self.head_dim
+
+    @property
+    def layer_kinds(self) -> list[str]:
+        """Attention kind of each layer: all ``full``, or ``spatial``/``temporal`` alternating."""
+        if self.attention == "2d1d":
+            return ["spatial" if i % 2 == 0 else "temporal" for i in range(self.num_layers)]
+        return ["full"] * self.num_layers
 
     def replace(self, **changes: Any) -> TransformerConfig:
         """A copy with some fields changed (validated again)."""
@@ -189,39 +190,13 @@ class FeedForward(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
-def _attention_kernel_ops() -> set:
-    """The aten (and flash-attn) attention kernels whose outputs selective checkpointing keeps."""
-    names = (
-        "_scaled_dot_product_flash_attention",
-        "_scaled_dot_product_cudnn_attention",
-        "_scaled_dot_product_efficient_attention",
-        "_scaled_dot_product_flash_attention_for_cpu",
-    )
-    ops = {getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n)}
-    flash = getattr(torch.ops, "flash_attn", None)
-    if flash is not None and hasattr(flash, "_flash_attn_forward"):
-        ops.add(flash._flash_attn_forward.default)
-    return ops
-
-
-def _selective_context():
-    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-
-    keep = _attention_kernel_ops()
-
-    def policy(ctx, op, *args, **kwargs):
-        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
-
-    return create_selective_checkpoint_contexts(policy)
-
-
 class TransformerBlock(nn.Module):
     """Expert block: ``block(video [B,N,D], text [B,L,D], temb [B,D_t], rope) -> (video, text)``.
 
     AdaLN #1 -> attention over ``[text; video]`` -> gated residual -> AdaLN #2 -> one feed-forward
     over the whole sequence -> gated residual, with separate text/video gates. ``kind`` is the
     attention layer's kind (``full``, or ``spatial``/``temporal`` in a 2D+1D model, which needs
-    ``grid``). ``checkpointing``: ``none``, ``full`` or ``selective`` (while gradients are on).
+    ``grid``).
     """
 
     def __init__(self, config: TransformerConfig, kind: str = "full") -> None:
@@ -232,10 +207,8 @@ class TransformerBlock(nn.Module):
         self.attn = self._attention_class()(
             c.dim, c.num_heads, c.head_dim, qk_norm=c.qk_norm, bias=c.attention_bias, kind=kind
         )
-        self.attn.core = sdpa_core(c.attention_backend)
         self.norm2 = adaln(c.time_embed_dim, c.dim, c.norm_eps, c.norm_affine)
         self.ff = FeedForward(c.dim, c.ff_mult)
-        self.checkpointing = "none"
 
     @staticmethod
     def _attention_class() -> type[Attention]:
@@ -253,11 +226,6 @@ class TransformerBlock(nn.Module):
         h, gate_text, gate_video = self.norm2(x, text_len, temb)
         return gated_residual(x, self.feed_forward(h, text_len), text_len, gate_text, gate_video)
 
-    def _forward(self, video, text, temb, rope, grid):
-        text_len = text.shape[1]
-        x = self.forward_joint(torch.cat([text, video], dim=1), text_len, temb, rope, grid)
-        return x[:, text_len:], x[:, :text_len]
-
     def forward(
         self,
         video: torch.Tensor,
@@ -266,12 +234,9 @@ class TransformerBlock(nn.Module):
         rope: Rope = None,
         grid: tuple[int, int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.checkpointing == "none" or not torch.is_grad_enabled():
-            return self._forward(video, text, temb, rope, grid)
-        kwargs = {"context_fn": _selective_context} if self.checkpointing == "selective" else {}
-        return checkpoint(
-            self._forward, video, text, temb, rope, grid, use_reentrant=False, **kwargs
-        )
+        text_len = text.shape[1]
+        x = self.forward_joint(torch.cat([text, video], dim=1), text_len, temb, rope, grid)
+        return x[:, text_len:], x[:, :text_len]
 
 
 class MMDiTBlock(TransformerBlock):
@@ -306,10 +271,7 @@ class CogVideoXTransformer(nn.Module):
         self.text_proj = nn.Linear(c.text_dim, c.dim)
         self.time_embed = TimestepMLP(c.dim, c.time_embed_dim)
         block_class = MMDiTBlock if c.adaln == "mmdit" else TransformerBlock
-        kinds = ["full"] * c.num_layers
-        if c.attention == "2d1d":
-            kinds = ["spatial" if i % 2 == 0 else "temporal" for i in range(c.num_layers)]
-        self.blocks = nn.ModuleList(block_class(c, kind) for kind in kinds)
+        self.blocks = nn.ModuleList(block_class(c, kind) for kind in c.layer_kinds)
         self.norm_final = nn.LayerNorm(c.dim, eps=c.norm_eps, elementwise_affine=c.norm_affine)
         self.norm_out = FinalAdaLN(c.time_embed_dim, c.dim, c.norm_eps, c.norm_affine)
         out_features = c.out_channels * c.temporal_patch_size * c.patch_size**2
@@ -324,9 +286,6 @@ class CogVideoXTransformer(nn.Module):
             )
             self.register_buffer("pos_embedding", table)
         self.reset_parameters()
-        self.set_checkpointing(c.checkpointing, c.checkpoint_every)
-        if c.compile_blocks:
-            self.compile_blocks()
 
     def reset_parameters(self) -> None:
         """Xavier-uniform linears with zero biases; zero AdaLN modulations and output projection,
@@ -342,23 +301,6 @@ class CogVideoXTransformer(nn.Module):
                 nn.init.zeros_(module.linear.bias)
         nn.init.zeros_(self.proj_out.weight)
 
-    def set_checkpointing(self, mode: str, every: int = 1) -> None:
-        """Checkpointing (``none``, ``full``, ``selective``) on every ``every``-th block."""
-        self.config = self.config.replace(checkpointing=mode, checkpoint_every=every)  # validates
-        for i, block in enumerate(self.blocks):
-            block.checkpointing = mode if i % every == 0 else "none"
-
-    def set_attention_backend(self, backend: str) -> None:
-        """Use one SDPA backend in every block (see :func:`cogvx_mini.attention.sdpa_core`)."""
-        core = sdpa_core(backend)
-        for block in self.blocks:
-            block.attn.core = core
-
-    def compile_blocks(self, **kwargs: Any) -> None:
-        """``torch.compile`` each block in place (one compilation serves all identical blocks)."""
-        for block in self.blocks:
-            block.compile(**kwargs)
-
     # -- shapes and checks ------------------------------------------------------------------
 
     def grid(self, latents_shape: tuple[int, ...] | torch.Size) -> tuple[int, int, int]:
@@ -367,6 +309,8 @@ class CogVideoXTransformer(nn.Module):
         return patch_grid(*latents_shape[2:], c.patch_size, c.temporal_patch_size)
 
     def check_inputs(self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor):
+        """Raise ``ValueError`` unless ``latents [B, C_in, T, H, W]`` (a grid the patches
+        divide), ``text [B, L <= max_text_len, D_text]`` and ``timesteps [B]`` in ``[0, 1000)``."""
         c = self.config
         if latents.ndim != 5 or latents.shape[1] != c.in_channels:
             raise ValueError(
@@ -382,6 +326,12 @@ class CogVideoXTransformer(nn.Module):
         if timesteps.shape != (latents.shape[0],):
             raise ValueError(
                 f"expected timesteps [{latents.shape[0]}], got shape {tuple(timesteps.shape)}"
+            )
+        outside = ~((timesteps >= 0) & (timesteps < TRAIN_TIMESTEPS))  # NaN compares False
+        if outside.any():
+            raise ValueError(
+                f"expected finite timesteps in [0, {TRAIN_TIMESTEPS}) (fractions are fine), got "
+                f"{timesteps[outside].tolist()[:4]}"
             )
 
     # -- the three stages -------------------------------------------------------------------
@@ -496,11 +446,8 @@ def forward_flops(
         "spatial": L * s + n * (L + h * w),
         "temporal": L * s + n * (L + t),
     }
-    kinds = ["full"] * c.num_layers
-    if c.attention == "2d1d":
-        kinds = ["spatial" if i % 2 == 0 else "temporal" for i in range(c.num_layers)]
     linear = c.num_layers * (8 + 4 * c.ff_mult) * s * d * d
-    attention = sum(4 * d * pairs[k] for k in kinds)
+    attention = sum(4 * d * pairs[k] for k in c.layer_kinds)
     patch = c.in_channels * c.temporal_patch_size * c.patch_size**2
     embed = 2 * n * patch * d + 2 * L * c.text_dim * d + 2 * n * d * patch
     out = {"linear": linear, "attention": attention, "embed": embed}

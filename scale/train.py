@@ -27,14 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from cogvx_mini.parallel.scale_parallel import (
-    Dist,
-    ParallelTransformer,
-    apply_fsdp,
-    init_distributed,
-    load_full_state_dict,
-    materialize,
-)
+from cogvx_mini.parallel import Dist, build_transformer, init_distributed
 from cogvx_mini.training.latent_cache import BatchPlan, LatentCache, ToyLatents, noise_like
 from cogvx_mini.training.objective import Objective
 from cogvx_mini.training.scale_config import ScaleConfig, check_world, load_config
@@ -159,23 +152,22 @@ def load_checkpoint(path: Path, wrapper, optimizer, ema: EMA, config: ScaleConfi
     return int(meta["step"])
 
 
-def export_weights(out: Path, wrapper, ema: EMA, d: Dist) -> None:
+def export_weights(out: Path, model, ema: EMA, d: Dist) -> None:
     """Write the full (unsharded) weights and EMA weights as cogvx_mini state dicts."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from cogvx_mini.weights.checkpoint import save_weights
 
     full = get_model_state_dict(
-        wrapper, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     ema_full = {}
     for k, v in ema.state_dict().items():
         v = v.full_tensor() if hasattr(v, "full_tensor") else v
         ema_full[k] = v.cpu()
-    if d.is_main:
-        strip = lambda sd: {k.removeprefix("model."): v for k, v in sd.items()}  # noqa: E731
-        save_weights(strip(full), out / "transformer.safetensors")
-        save_weights(strip(ema_full), out / "transformer_ema.safetensors")
+    if d.is_main:  # the parallel model keeps the plain model's parameter names
+        save_weights(full, out / "transformer.safetensors")
+        save_weights(ema_full, out / "transformer_ema.safetensors")
     dist.barrier()
 
 
@@ -185,52 +177,9 @@ def export_weights(out: Path, wrapper, ema: EMA, d: Dist) -> None:
 def build(
     config: ScaleConfig, d: Dist, on_meta: bool | None = None, independent_init: bool = False
 ):
-    """The transformer, wrapped for context parallelism and sharded with FSDP2.
-
-    On the CPU every rank builds the whole model from the same seed (so runs on any number of
-    processes start from identical weights). On CUDA it is built on the ``meta`` device, sharded,
-    then allocated and initialised shard by shard on the GPU. ``train.init_from`` loads a
-    cogvx_mini state dict or a diffusers folder (on CUDA read by rank 0 only, then broadcast).
-    ``on_meta`` forces one path or the other (the benchmark uses the meta path on the CPU too);
-    ``independent_init``: weights that do not depend on the sharding (see ``materialize``).
-    """
-    from cogvx_mini.transformer import CogVideoXTransformer
-    from cogvx_mini.weights.loading import (
-        check_state_dict,
-        load_transformer_weights,
-        read_init_weights,
-    )
-
-    tcfg = config.transformer_config()
-    p = config.parallel
-    on_meta = d.device.type == "cuda" if on_meta is None else on_meta
-    torch.manual_seed(config.train.seed)
-    with torch.device("meta" if on_meta else "cpu"):
-        model = CogVideoXTransformer(tcfg)
-    if config.train.init_from and not on_meta:
-        load_transformer_weights(model, config.train.init_from)
-    model.set_checkpointing(p.activation_checkpointing, p.checkpoint_every)
-    wrapper = ParallelTransformer(model, d.cp_group)
-    cuda = d.device.type == "cuda"
-    precision = p.mixed_precision if cuda else "fp32"
-    offload = p.cpu_offload and cuda  # CPU runs hold everything on the CPU anyway
-    apply_fsdp(wrapper, d.mesh, precision, offload, p.compile)
-    if on_meta:
-        init_device = torch.device("cpu") if offload else d.device
-        materialize(wrapper, init_device, config.train.seed, independent_init)
-        if config.train.init_from:
-            state, error = {}, [None]
-            if d.is_main:  # rank 0 reads the file; the others receive their shards
-                try:
-                    state = read_init_weights(config.train.init_from)
-                    check_state_dict(model, state, config.train.init_from)
-                except (OSError, ValueError) as err:
-                    error = [f"{type(err).__name__}: {err}"]
-            dist.broadcast_object_list(error, src=0)  # every rank fails, none waits forever
-            if error[0]:
-                raise ValueError(error[0])
-            load_full_state_dict(wrapper, state)
-    return wrapper, tcfg
+    """The transformer, checkpointed, context-parallel and sharded with FSDP2 in place (see
+    ``cogvx_mini.parallel.build_transformer``); returns ``(model, transformer_config)``."""
+    return build_transformer(config, d, on_meta, independent_init)
 
 
 def load_dataset(data: str, config: ScaleConfig, tcfg):

@@ -49,34 +49,29 @@ def _sharded_load(rank, world, path):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.device_mesh import init_device_mesh
 
-    from cogvx_mini.parallel.scale_parallel import (
-        ParallelTransformer,
-        apply_fsdp,
-        load_full_state_dict,
-        materialize,
-    )
+    from cogvx_mini.parallel import apply_fsdp, load_full_state_dict, materialize
     from cogvx_mini.weights.checkpoint import load_weights
 
     with torch.device("meta"):
-        wrapper = ParallelTransformer(CogVideoXTransformer(_config()))
-    apply_fsdp(wrapper, init_device_mesh("cpu", (world,)), "fp32")
-    materialize(wrapper, torch.device("cpu"), seed=0)
-    shard = next(wrapper.parameters())
+        model = CogVideoXTransformer(_config())
+    assert apply_fsdp(model, init_device_mesh("cpu", (world,)), "fp32") is model  # in place
+    materialize(model, torch.device("cpu"), seed=0)
+    shard = next(model.parameters())
     assert shard.to_local().shape[0] * world == shard.shape[0]  # really sharded
     # The benchmark's initialisation does not depend on the sharding.
     with torch.device("meta"):
-        whole = ParallelTransformer(CogVideoXTransformer(_config()))
+        whole = CogVideoXTransformer(_config())
     materialize(whole, torch.device("cpu"), seed=0)
-    drawn = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True))
+    drawn = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     for k, v in whole.state_dict().items():
         assert torch.equal(drawn[k], v), k
-    load_full_state_dict(wrapper, load_weights(path) if rank == 0 else {})
-    full = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True))
+    load_full_state_dict(model, load_weights(path) if rank == 0 else {})
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     if rank == 0:
         expected = load_weights(path)
-        assert sorted(k.removeprefix("model.") for k in full) == sorted(expected)
+        assert sorted(full) == sorted(expected)  # the plain model's names, no prefix
         for k, v in full.items():
-            assert torch.equal(v, expected[k.removeprefix("model.")]), k
+            assert torch.equal(v, expected[k]), k
     dist.barrier()
 
 

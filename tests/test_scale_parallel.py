@@ -6,7 +6,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from scale_helpers import run_gloo
 
-from cogvx_mini.parallel.scale_parallel import UlyssesAttention, all_gather, shard_sizes
+from cogvx_mini.parallel import UlyssesAttention, all_gather, shard_sizes
 
 
 def _ulysses_matches_unsplit(rank, world, text_len, n_video, heads):
@@ -77,7 +77,7 @@ def _heads_not_divisible(rank, world):
 
 
 def _cp_model_matches_unsplit(rank, world, positions, checkpointing, grid=(3, 4, 6)):
-    from cogvx_mini.parallel.scale_parallel import ParallelTransformer
+    from cogvx_mini.parallel import apply_activation_checkpointing, apply_context_parallel
     from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
 
     config = TransformerConfig.mini(num_layers=2, num_heads=4, head_dim=16, positions=positions)
@@ -93,17 +93,34 @@ def _cp_model_matches_unsplit(rank, world, positions, checkpointing, grid=(3, 4,
     ref = model(latents, text, timesteps)
     (ref - target).pow(2).mean().backward()
     ref_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    keys = list(model.state_dict())
     model.zero_grad()
 
-    model.set_checkpointing(checkpointing)
-    parallel = ParallelTransformer(model, dist.group.WORLD)
-    out = parallel(latents, text, timesteps)
+    apply_activation_checkpointing(model, checkpointing)
+    apply_context_parallel(model, dist.group.WORLD)  # in place: the same module, the same keys
+    assert list(model.state_dict()) == keys
+    out = model(latents, text, timesteps)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     (out - target).pow(2).mean().backward()  # every CP rank holds the whole loss
     for name, p in model.named_parameters():
         grad = p.grad.clone()
         dist.all_reduce(grad)
         torch.testing.assert_close(grad / world, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="already applied"):
+        apply_context_parallel(model, dist.group.WORLD)
+
+
+def _cp_refuses_2d1d_and_too_few_tokens(rank, world):
+    from cogvx_mini.parallel import apply_context_parallel
+    from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+
+    config = TransformerConfig.mini(num_layers=2)
+    with pytest.raises(ValueError, match="needs attention='full', got '2d1d'"):
+        apply_context_parallel(CogVideoXTransformer(config.replace(attention="2d1d")), None)
+    model = apply_context_parallel(CogVideoXTransformer(config), dist.group.WORLD)
+    latents = torch.randn(1, config.in_channels, 1, 2, 2)  # one video token for two ranks
+    with pytest.raises(ValueError, match="at least 2 video tokens for CP degree 2, got 1"):
+        model(latents, torch.randn(1, 3, config.text_dim), torch.tensor([1.0]))
 
 
 def _on_two_ranks(rank, world):
@@ -116,6 +133,7 @@ def _on_two_ranks(rank, world):
     _cp_model_matches_unsplit(rank, world, "rope", "full")
     # 3 x 1 x 3 = 9 video tokens: shares of 5 and 4
     _cp_model_matches_unsplit(rank, world, "sincos", "selective", grid=(3, 2, 6))
+    _cp_refuses_2d1d_and_too_few_tokens(rank, world)
 
 
 def test_context_parallel_on_2_ranks_equals_unsplit_forward_and_backward():

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from cogvx_mini.parallel import apply_activation_checkpointing
 from cogvx_mini.transformer import (
     CogVideoXTransformer,
     TransformerConfig,
@@ -96,12 +97,28 @@ def test_clear_errors():
         MINI.replace(attention="3d")
 
 
+@pytest.mark.parametrize("bad", [1000.0, 1500.0, -1.0, float("nan"), float("inf")])
+def test_timesteps_outside_the_schedule_are_refused(bad):
+    model = CogVideoXTransformer(MINI)
+    latents, text, _ = _inputs()
+    with pytest.raises(ValueError, match=r"expected finite timesteps in \[0, 1000\)"):
+        model(latents, text, torch.tensor([500.0, bad]))
+
+
+def test_fractional_and_integer_timesteps_in_range_are_fine():
+    model = CogVideoXTransformer(MINI)
+    latents, text, _ = _inputs()
+    for steps in (torch.tensor([0.0, 999.75]), torch.tensor([0, 999])):
+        assert model(latents, text, steps).shape == latents.shape
+
+
 @pytest.mark.parametrize("mode", ["full", "selective"])
 def test_checkpointing_gives_the_same_gradients(mode):
     latents, text, steps = _inputs()
     grads = {}
     for m in ("none", mode):
-        model = _randomised(MINI.replace(checkpointing=m, checkpoint_every=1 if m == "none" else 2))
+        model = _randomised(MINI)
+        apply_activation_checkpointing(model, m, every=1 if m == "none" else 2)
         model(latents, text, steps).square().mean().backward()
         grads[m] = [p.grad for p in model.parameters()]
     for a, b in zip(grads["none"], grads[mode], strict=True):
@@ -159,7 +176,7 @@ def test_selective_checkpointing_does_not_recompute_attention(mode, recomputed):
                 CountAttention.calls += 1
             return func(*args, **(kwargs or {}))
 
-    model = _randomised(MINI.replace(num_layers=2, checkpointing=mode))
+    model = apply_activation_checkpointing(_randomised(MINI.replace(num_layers=2)), mode)
     loss = model(*_inputs()).square().mean()
     with CountAttention():
         loss.backward()

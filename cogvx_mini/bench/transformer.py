@@ -26,6 +26,11 @@ from pathlib import Path
 
 import torch
 
+from cogvx_mini.parallel.runtime import (
+    apply_activation_checkpointing,
+    apply_compile,
+    use_attention_backend,
+)
 from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig, forward_flops
 from cogvx_mini.weights.diffusers import transformer_state_dict_from_diffusers
 
@@ -139,26 +144,55 @@ def _diffusers_rope(model, frames: int, height: int, width: int, device: torch.d
     return cos, sin
 
 
-def bench_model(name: str, args: argparse.Namespace, peak: float) -> list[dict]:
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    config = CONFIGS[name]()
-    frames, height, width, text_len = args.frames, args.height, args.width, args.text_len
-    if name == "mini":
-        frames, height, width, text_len = 5, 8, 8, 16
-    flops = forward_flops(config, frames, height, width, text_len)["total"]
-    print(
-        f"\n{name}: latents 1x{config.in_channels}x{frames}x{height}x{width} + {text_len} text "
-        f"tokens, {flops / 1e12:.3g} TFLOP per forward, {args.dtype}",
-        flush=True,
-    )
-    g = torch.Generator(device="cpu").manual_seed(0)
-    latents = torch.randn(1, config.in_channels, frames, height, width, generator=g)
-    text = torch.randn(1, text_len, config.text_dim, generator=g)
-    latents, text = latents.to(device, dtype), text.to(device, dtype)
-    steps = torch.tensor([500.0], device=device)
-    rows: list[dict] = []
+class Workload:
+    """One model's benchmark inputs: latents ``[1, C, T, H, W]``, text ``[1, L, D_text]``, a
+    timestep ``[1]``, and the FLOPs of one forward pass."""
 
-    # Random weights from diffusers, converted, so that both compute the same function.
+    def __init__(self, name: str, config: TransformerConfig, args: argparse.Namespace) -> None:
+        self.device, self.dtype = torch.device(args.device), getattr(torch, args.dtype)
+        frames, height, width, text_len = args.frames, args.height, args.width, args.text_len
+        if name == "mini":
+            frames, height, width, text_len = 5, 8, 8, 16
+        self.frames, self.height, self.width = frames, height, width
+        self.flops = forward_flops(config, frames, height, width, text_len)["total"]
+        print(
+            f"\n{name}: latents 1x{config.in_channels}x{frames}x{height}x{width} + {text_len} "
+            f"text tokens, {self.flops / 1e12:.3g} TFLOP per forward, {args.dtype}",
+            flush=True,
+        )
+        g = torch.Generator(device="cpu").manual_seed(0)
+        latents = torch.randn(1, config.in_channels, frames, height, width, generator=g)
+        text = torch.randn(1, text_len, config.text_dim, generator=g)
+        self.latents, self.text = (
+            latents.to(self.device, self.dtype),
+            text.to(self.device, self.dtype),
+        )
+        self.steps = torch.tensor([500.0], device=self.device)
+
+
+def bench_model(name: str, args: argparse.Namespace, peak: float) -> list[dict]:
+    """Rows of one model (``mini``, ``2b``, ``5b``): the check against diffusers, diffusers'
+    timings, then cogvx_mini's for each attention backend and checkpointing mode."""
+    config = CONFIGS[name]()
+    work = Workload(name, config, args)
+    theirs, ours = _same_weights(config, work, args)
+    rows: list[dict] = []
+    if theirs is not None:
+        rows += _bench_diffusers(theirs, ours, work, args, peak)
+        del theirs
+        _free(work.device)
+    rows += _bench_ours(ours, work, args, peak)
+    del ours
+    _free(work.device)
+    for row in rows:
+        row["model"] = name
+    _print_speedups(rows)
+    return rows
+
+
+def _same_weights(config: TransformerConfig, work: Workload, args: argparse.Namespace):
+    """``(diffusers model or None, cogvx_mini model)``: random weights from diffusers, converted,
+    so that both compute the same function (cogvx_mini's own initialisation without diffusers)."""
     theirs, state = None, None
     try:
         from diffusers import CogVideoXTransformer3DModel
@@ -167,75 +201,74 @@ def bench_model(name: str, args: argparse.Namespace, peak: float) -> list[dict]:
         print("  diffusers is not installed: timing cogvx_mini only")
     if CogVideoXTransformer3DModel is not None and not args.no_diffusers:
         torch.manual_seed(0)
-        with torch.device(device):
-            theirs = CogVideoXTransformer3DModel(**config.to_diffusers_config()).to(dtype)
+        with torch.device(work.device):
+            theirs = CogVideoXTransformer3DModel(**config.to_diffusers_config()).to(work.dtype)
         state = transformer_state_dict_from_diffusers(theirs.state_dict(), config)
     with torch.device("meta"):
         ours = CogVideoXTransformer(config)
     if state is not None:
         ours.load_state_dict(state, assign=True)
     else:
-        ours = ours.to_empty(device=device).to(dtype)
+        ours = ours.to_empty(device=work.device).to(work.dtype)
         ours.reset_parameters()
-    del state
+    return theirs, ours
 
-    theirs_latents = latents.transpose(1, 2).contiguous()
-    rope = _diffusers_rope(theirs, frames, height, width, device) if theirs is not None else None
+
+def _bench_diffusers(theirs, ours, work: Workload, args: argparse.Namespace, peak: float):
+    """The relative error cogvx_mini vs diffusers, then diffusers timed alone (checkpointed)."""
+    device, rows = work.device, []
+    theirs_latents = work.latents.transpose(1, 2).contiguous()
+    rope = _diffusers_rope(theirs, work.frames, work.height, work.width, device)
 
     def theirs_forward() -> torch.Tensor:
-        out = theirs(theirs_latents, text, steps, image_rotary_emb=rope, return_dict=False)[0]
-        return out
+        return theirs(
+            theirs_latents, work.text, work.steps, image_rotary_emb=rope, return_dict=False
+        )[0]
 
-    if theirs is not None:
-        with torch.no_grad():
-            a, b = ours(latents, text, steps).float(), theirs_forward().transpose(1, 2).float()
-        error = ((a - b).norm() / b.norm()).item()
-        print(f"  same weights, relative error cogvx_mini vs diffusers: {error:.2e}", flush=True)
-        rows.append({"impl": "check", "relative_error": error})
-        del a, b
-        # time diffusers alone: ours shares its tensors except the fused qkv
-        ours_cpu = {k: v for k, v in ours.state_dict().items() if ".attn.qkv." in k}
-        for k in ours_cpu:
-            ours_cpu[k] = ours_cpu[k].cpu()
-        ours.load_state_dict(ours_cpu, strict=False, assign=True)
-        _free(device)
-        theirs.train()
-        theirs.enable_gradient_checkpointing()
-        params = list(theirs.parameters())
-        if args.compile:
-            for block in theirs.transformer_blocks:
-                block.compile()
-        for backend in args.diffusers_backends:
-            label = f"diffusers {backend}" + (" compiled" if args.compile else "")
-            with _sdpa_backend(backend, device):
-                rows.append(_measure(label, theirs_forward, params, device, args, flops, peak))
-        ours.load_state_dict(
-            {k: v.to(device) for k, v in ours_cpu.items()}, strict=False, assign=True
-        )
-        del theirs, params, ours_cpu
-        _free(device)
+    with torch.no_grad():
+        a = ours(work.latents, work.text, work.steps).float()
+        b = theirs_forward().transpose(1, 2).float()
+    error = ((a - b).norm() / b.norm()).item()
+    print(f"  same weights, relative error cogvx_mini vs diffusers: {error:.2e}", flush=True)
+    rows.append({"impl": "check", "relative_error": error})
+    del a, b
+    # time diffusers alone: ours shares its tensors except the fused qkv
+    ours_cpu = {k: v.cpu() for k, v in ours.state_dict().items() if ".attn.qkv." in k}
+    ours.load_state_dict(ours_cpu, strict=False, assign=True)
+    _free(device)
+    theirs.train()
+    theirs.enable_gradient_checkpointing()
+    params = list(theirs.parameters())
+    if args.compile:
+        for block in theirs.transformer_blocks:
+            block.compile()
+    for backend in args.diffusers_backends:
+        label = f"diffusers {backend}" + (" compiled" if args.compile else "")
+        with _sdpa_backend(backend, device):
+            rows.append(_measure(label, theirs_forward, params, device, args, work.flops, peak))
+    ours.load_state_dict({k: v.to(device) for k, v in ours_cpu.items()}, strict=False, assign=True)
+    return rows
 
+
+def _bench_ours(ours, work: Workload, args: argparse.Namespace, peak: float) -> list[dict]:
+    """cogvx_mini timed for each attention backend and checkpointing mode, applied in place."""
+    rows = []
     ours.train()
-    ours_params = list(ours.parameters())
-    for p in ours_params:
+    params = list(ours.parameters())
+    for p in params:
         p.requires_grad_(True)
     if args.compile:
-        ours.compile_blocks()
+        apply_compile(ours)
     for backend in args.backends:
-        ours.set_attention_backend(backend)
+        use_attention_backend(ours, backend)
         for mode in args.checkpointing:
-            ours.set_checkpointing(mode, args.checkpoint_every)
+            apply_activation_checkpointing(ours, mode, args.checkpoint_every)
             label = f"cogvx_mini {backend} ckpt={mode}" + (" compiled" if args.compile else "")
 
             def ours_forward() -> torch.Tensor:
-                return ours(latents, text, steps)
+                return ours(work.latents, work.text, work.steps)
 
-            rows.append(_measure(label, ours_forward, ours_params, device, args, flops, peak))
-    ours = ours_params = None
-    _free(device)
-    for row in rows:
-        row["model"] = name
-    _print_speedups(rows)
+            rows.append(_measure(label, ours_forward, params, work.device, args, work.flops, peak))
     return rows
 
 

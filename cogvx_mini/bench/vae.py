@@ -110,6 +110,7 @@ def _to_channels_last(model: torch.nn.Module, undo: bool = False) -> None:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
+    """Every decode and encode variant timed on one video; the printed rows as dicts."""
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
@@ -122,89 +123,83 @@ def run(args: argparse.Namespace) -> list[dict]:
     torch.manual_seed(0)
     if cuda:
         torch.backends.cudnn.benchmark = True
-    ref = None
-    if not args.skip_diffusers:
-        try:
-            from diffusers import AutoencoderKLCogVideoX
-        except ImportError:
-            print("diffusers is not installed: skipping the reference")
-        else:
-            ref = AutoencoderKLCogVideoX(
-                block_out_channels=cfg.block_out_channels,
-                layers_per_block=cfg.layers_per_block,
-                latent_channels=cfg.latent_channels,
-                norm_num_groups=cfg.norm_groups,
-                sample_height=2 * cfg.tile_sample_size[0],
-                sample_width=2 * cfg.tile_sample_size[1],
-            ).eval()
+    ref = None if args.skip_diffusers else _diffusers_vae(cfg)
     ours = VAE3D(cfg).eval()
     if ref is not None:
         ours.load_state_dict(vae_state_dict_from_diffusers(ref.state_dict()))
         ref.to(device, dtype)
     ours.to(device, dtype)
-
     g = torch.Generator().manual_seed(1)
     video = (torch.rand(1, 3, frames, height, width, generator=g) * 2 - 1).to(device, dtype)
-    lat_shape = cfg.latent_shape(tuple(video.shape))
-    latents = torch.randn(lat_shape, generator=g).to(device, dtype)
-    rows: list[dict] = []
+    latents = torch.randn(cfg.latent_shape(tuple(video.shape)), generator=g).to(device, dtype)
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if cuda else 'CPU'}), {args.dtype}, "
+        f"video {tuple(video.shape)}, latents {tuple(latents.shape)}"
+    )
+    bench = Recorder(ours, ref, device, args.repeats)
+    variants = decode_variants(args, height, width, cuda)
+    if not args.skip_decode:
+        _bench_decode(bench, latents, variants, args, (height, width))
+    if not args.skip_encode:
+        _bench_encode(bench, video, variants, args)
+    ours.time_slice = None
+    return bench.rows
 
-    def weights_gb(model) -> float:
+
+def _diffusers_vae(cfg: VAEConfig):
+    """diffusers' ``AutoencoderKLCogVideoX`` of ``cfg``'s shape (random weights), or None."""
+    try:
+        from diffusers import AutoencoderKLCogVideoX
+    except ImportError:
+        print("diffusers is not installed: skipping the reference")
+        return None
+    return AutoencoderKLCogVideoX(
+        block_out_channels=cfg.block_out_channels,
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_groups,
+        sample_height=2 * cfg.tile_sample_size[0],
+        sample_width=2 * cfg.tile_sample_size[1],
+    ).eval()
+
+
+class Recorder:
+    """Times ``fn()`` under inference mode, prints a row and keeps it in ``rows``."""
+
+    def __init__(self, ours: VAE3D, ref, device: torch.device, repeats: int) -> None:
+        self.ours, self.ref, self.device, self.repeats = ours, ref, device, repeats
+        self.rows: list[dict] = []
+
+    def _weights_gb(self, model) -> float:
+        if self.device.type != "cuda":
+            return 0.0
         return sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
 
-    def record(work: str, impl: str, fn: Callable[[], torch.Tensor], reference=None) -> None:
-        model = ref if impl.startswith("diffusers") else ours
+    def record(self, work: str, impl: str, fn: Callable[[], torch.Tensor], reference=None) -> None:
+        model = self.ref if impl.startswith("diffusers") else self.ours
         try:
             with torch.inference_mode():
-                m = measure(fn, device, args.repeats, weights_gb(model) if cuda else 0.0)
+                m = measure(fn, self.device, self.repeats, self._weights_gb(model))
         except torch.OutOfMemoryError:
             print(f"{work:8s} {impl:34s} out of memory")
             return
         row = {"work": work, "impl": impl, "time_s": m["time_s"], "peak_gb": m["peak_gb"]}
         row["shape"] = list(m["out"].shape)
+        extra = ""
         if reference is not None:
             row["rel_diff_vs_diffusers_untiled"] = _rel(m["out"], reference)
-        rows.append(row)
-        extra = (
-            f"  rel. diff {row['rel_diff_vs_diffusers_untiled']:.2e}"
-            if reference is not None
-            else ""
-        )
+            extra = f"  rel. diff {row['rel_diff_vs_diffusers_untiled']:.2e}"
+        self.rows.append(row)
         print(f"{work:8s} {impl:34s} {m['time_s']:8.3f} s  peak {m['peak_gb']:7.2f} GB{extra}")
-        del m
-        return None
 
-    print(
-        f"device {device} ({torch.cuda.get_device_name(device) if cuda else 'CPU'}), {args.dtype}, "
-        f"video {tuple(video.shape)}, latents {tuple(latents.shape)}"
-    )
-    dec_ref = None
-    if ref is not None and not args.skip_decode:
-        with torch.inference_mode():
-            dec_ref = ref.decode(latents).sample if args.check else None
-        if not args.skip_untiled_reference:
-            ref.disable_tiling()
-            record("decode", "diffusers untiled", lambda: ref.decode(latents).sample)
-        ref.enable_tiling()
-        record("decode", "diffusers tiled", lambda: ref.decode(latents).sample, dec_ref)
-        ref.disable_tiling()
 
-    def ours_decode(time_slice, tiled=False, channels_last=False, row_tiles=False):
-        def fn():
-            ours.time_slice = time_slice
-            z = latents.to(memory_format=torch.channels_last_3d) if channels_last else latents
-            config = ours.config
-            if row_tiles:
-                ours.config = config.row_tiles(height, width)
-            try:
-                return ours.decode(z, tiled=tiled)
-            finally:
-                ours.config = config
+# (name, time_slice, tiled, channels_last, row_tiles)
+Variant = tuple[str, int | None, bool, bool, bool]
 
-        return fn
 
-    # (name, time_slice, tiled, channels_last, row_tiles)
-    variants = [("VAE3D whole chunk", None, False, False, False)]
+def decode_variants(args: argparse.Namespace, height: int, width: int, cuda: bool) -> list[Variant]:
+    """VAE3D's variants: whole chunk, streaming, tiled, row tiles, channels-last (CUDA)."""
+    variants: list[Variant] = [("VAE3D whole chunk", None, False, False, False)]
     for ts in args.time_slice:
         variants.append((f"VAE3D streaming time_slice={ts}", ts, False, False, False))
     variants.append(("VAE3D tiled", None, True, False, False))
@@ -216,33 +211,63 @@ def run(args: argparse.Namespace) -> list[dict]:
             variants.append((name, ts, True, False, True))
     if cuda and args.channels_last:
         variants += [(n + " channels_last", ts, t, True, r) for n, ts, t, _, r in variants]
-    if not args.skip_decode:
-        for name, ts, tiled, cl, by_rows in variants:
-            if cl:
-                _to_channels_last(ours)
-            record("decode", name, ours_decode(ts, tiled, cl, by_rows), dec_ref)
-        _to_channels_last(ours, undo=True)
-    del dec_ref
+    return variants
 
-    if not args.skip_encode:
-        enc_ref = None
-        if ref is not None:
-            ref.enable_tiling()
-            record("encode", "diffusers tiled", lambda: ref.encode(video).latent_dist.mean)
+
+def _ours_decode(ours: VAE3D, latents: torch.Tensor, variant: Variant, size: tuple[int, int]):
+    _, time_slice, tiled, channels_last, row_tiles = variant
+
+    def fn() -> torch.Tensor:
+        ours.time_slice = time_slice
+        z = latents.to(memory_format=torch.channels_last_3d) if channels_last else latents
+        config = ours.config
+        if row_tiles:
+            ours.config = config.row_tiles(*size)
+        try:
+            return ours.decode(z, tiled=tiled)
+        finally:
+            ours.config = config
+
+    return fn
+
+
+def _bench_decode(bench: Recorder, latents, variants: list[Variant], args, size) -> None:
+    """diffusers untiled and tiled (the reference output), then every VAE3D variant."""
+    ref, ours, dec_ref = bench.ref, bench.ours, None
+    if ref is not None:
+        with torch.inference_mode():
+            dec_ref = ref.decode(latents).sample if args.check else None
+        if not args.skip_untiled_reference:
             ref.disable_tiling()
-            with torch.inference_mode():
-                enc_ref = ref.encode(video).latent_dist.mean if args.check else None
-        for name, ts, tiled, cl, by_rows in variants:
-            if cl or by_rows:
-                continue
+            bench.record("decode", "diffusers untiled", lambda: ref.decode(latents).sample)
+        ref.enable_tiling()
+        bench.record("decode", "diffusers tiled", lambda: ref.decode(latents).sample, dec_ref)
+        ref.disable_tiling()
+    for variant in variants:
+        if variant[3]:
+            _to_channels_last(ours)
+        bench.record("decode", variant[0], _ours_decode(ours, latents, variant, size), dec_ref)
+    _to_channels_last(ours, undo=True)
 
-            def fn(ts=ts, tiled=tiled):
-                ours.time_slice = ts
-                return ours.encode(video, tiled=tiled).mean
 
-            record("encode", name, fn, enc_ref)
-    ours.time_slice = None
-    return rows
+def _bench_encode(bench: Recorder, video, variants: list[Variant], args) -> None:
+    """diffusers tiled (the reference output), then the VAE3D variants that also encode."""
+    ref, ours, enc_ref = bench.ref, bench.ours, None
+    if ref is not None:
+        ref.enable_tiling()
+        bench.record("encode", "diffusers tiled", lambda: ref.encode(video).latent_dist.mean)
+        ref.disable_tiling()
+        with torch.inference_mode():
+            enc_ref = ref.encode(video).latent_dist.mean if args.check else None
+    for name, ts, tiled, channels_last, row_tiles in variants:
+        if channels_last or row_tiles:
+            continue
+
+        def fn(ts=ts, tiled=tiled):
+            ours.time_slice = ts
+            return ours.encode(video, tiled=tiled).mean
+
+        bench.record("encode", name, fn, enc_ref)
 
 
 def main(argv: list[str] | None = None) -> None:
