@@ -601,7 +601,12 @@ def architecture_shapes(
     shapes: list[tuple[str, tuple[int, ...]]] = []
     hooks = []
     for name in named:
-        module = modules[name][-1] if name.endswith("mid") else modules[name]
+        # A block's output is its last layer's (blocks are run layer by layer, not called).
+        module = modules[name]
+        if isinstance(module, nn.ModuleList):
+            module = module[-1]
+        elif isinstance(module, DownBlock3D | UpBlock3D):
+            module = module.layers()[-1]
         hooks.append(
             module.register_forward_hook(lambda m, i, o, n=name: shapes.append((n, o.shape)))
         )
