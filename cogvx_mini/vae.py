@@ -237,7 +237,7 @@ class Downsample3D(nn.Module):
                 )
             pairs = rearrange(rest, "b c (t two) h w -> b c t two h w", two=2).mean(3)
             x = torch.cat([head, pairs], dim=2) if head.shape[2] else pairs
-        if ctx.time_slice:
+        if ctx.time_slice:  # streaming: the fast inference path only
             return vae_fast.in_time_slices(self.downsample_frames, x, ctx.time_slice)
         return self.downsample_frames(x)
 
@@ -259,12 +259,13 @@ class Upsample3D(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def output_frames(self, frames: int, first: bool) -> int:
+        """Frames out for ``frames`` in (``first``: the chunk holds the video's first frame)."""
         if not self.compress_time:
             return frames
         return 2 * frames - 1 if first else 2 * frames
 
     def forward(self, x: torch.Tensor, ctx: ChunkContext) -> torch.Tensor:
-        if ctx.time_slice:
+        if ctx.time_slice:  # streaming: the fast inference path only
             return vae_fast.upsample_streamed(self, x, ctx)
         frames = self.output_frames(x.shape[2], ctx.first)
         if frames != x.shape[2]:
@@ -279,6 +280,8 @@ class Upsample3D(nn.Module):
 
 
 class DownBlock3D(nn.Module):
+    """One encoder level: ResNet blocks, then (except at the last level) a down-sampling."""
+
     def __init__(self, cin, cout, layers, groups, eps, downsample, compress_time, kt=3) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
@@ -292,6 +295,8 @@ class DownBlock3D(nn.Module):
 
 
 class UpBlock3D(nn.Module):
+    """One decoder level: ResNet blocks, then (except at the last level) an up-sampling."""
+
     def __init__(self, cin, cout, layers, groups, eps, zq, upsample, compress_time, kt=3) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
@@ -601,7 +606,12 @@ def architecture_shapes(
     shapes: list[tuple[str, tuple[int, ...]]] = []
     hooks = []
     for name in named:
-        module = modules[name][-1] if name.endswith("mid") else modules[name]
+        # A block's output is its last layer's (blocks are run layer by layer, not called).
+        module = modules[name]
+        if isinstance(module, nn.ModuleList):
+            module = module[-1]
+        elif isinstance(module, DownBlock3D | UpBlock3D):
+            module = module.layers()[-1]
         hooks.append(
             module.register_forward_hook(lambda m, i, o, n=name: shapes.append((n, o.shape)))
         )

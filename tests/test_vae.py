@@ -238,3 +238,14 @@ def test_bad_inputs_are_refused_with_what_was_expected():
         vae.encode(torch.full((1, 3, 5, 16, 16), float("nan")))
     with torch.no_grad():  # up to 1.5 passes: slightly overshooting videos are still videos
         assert vae.encode(torch.full((1, 3, 5, 16, 16), -1.4)).mean.shape == (1, 16, 2, 2, 2)
+
+
+def test_architecture_shapes_name_every_block():
+    from cogvx_mini.vae import architecture_shapes
+
+    shapes = dict(architecture_shapes(VAEConfig.cogvideox(), 49, 480, 720))
+    assert shapes["encoder.down.0"] == (1, 128, 25, 240, 360)  # time and space halved
+    assert shapes["encoder.down.3"] == shapes["encoder.mid"] == (1, 512, 13, 60, 90)
+    assert shapes["decoder.up.0"] == (1, 512, 25, 120, 180)
+    assert shapes["decoder.conv_out"] == (1, 3, 49, 480, 720)
+    assert len(shapes) == 15  # the video, then 7 stages in the encoder and 7 in the decoder
