@@ -9,14 +9,14 @@ from cogvx_mini.training.train import (
     EpochPlan,
     LatentClip,
     LatentDataset,
+    CHECKPOINT_NAME,
     NaNLossError,
     TrainConfig,
-    _lr,
-    _parse_overrides,
     cache_latents,
     toy_clips,
     train,
 )
+from cogvx_mini.training.overrides import parse_overrides
 from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
 from cogvx_mini.weights.checkpoint import load_checkpoint
 
@@ -78,7 +78,7 @@ def test_resume_after_a_crash_gives_the_same_losses(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(tiny_model(), data, CFG, tmp_path / "cut", progress=False, on_step=crash)
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 5
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)["step"] == 5
     resumed = train(tiny_model(), data, CFG, tmp_path / "cut", progress=False)
     assert resumed.step == full.step == 12
     assert resumed.losses == full.losses  # bit-for-bit, every step
@@ -106,7 +106,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
     with pytest.raises(NaNLossError, match="step 7.*last good checkpoint"):
         train(model, data, CFG, tmp_path, progress=False, on_step=poison)
-    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["step"] == 5 and len(state["losses"]) == 5
     assert all(torch.isfinite(torch.tensor(state["losses"])))
 
@@ -157,16 +157,17 @@ def test_cache_latents_packs_into_buckets_and_normalises(tmp_path):
 
 def test_lr_warms_up_then_decays_by_cosine_to_its_floor():
     cfg = TrainConfig(steps=100, lr=1e-3, warmup=10, final_lr_ratio=0.1)
-    lrs = [_lr(s, cfg) for s in range(cfg.steps)]
+    lr = cfg.lr_schedule()
+    lrs = [lr(s) for s in range(cfg.steps)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # never rises again
     assert lrs[55] == pytest.approx(0.55e-3, rel=0.02)  # half-way down the cosine
     assert lrs[-1] == pytest.approx(1e-4, rel=0.01)
 
 
-def test_model_overrides_parse_json_values():
-    got = _parse_overrides(["num_layers=8", "rope_base_grid=[8,8]", "attention=2d1d"])
+def test_model_overrides_parse_yaml_values():
+    got = parse_overrides(["num_layers=8", "rope_base_grid=[8,8]", "attention=2d1d"], "--model")
     assert got == {"num_layers": 8, "rope_base_grid": [8, 8], "attention": "2d1d"}
     assert TransformerConfig.mini(**got).rope_base_grid == (8, 8)
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        _parse_overrides(["num_layers"])
+        parse_overrides(["num_layers"], "--model")

@@ -8,7 +8,8 @@ grouped in *buckets* of equal latent shape (a batch always comes from one bucket
 - :class:`ToyLatents` makes samples from ``cogvx_mini.data.toyworld`` without a VAE or T5: the
   video is average-pooled to the latent grid (first frame alone, then groups of 4 frames, 8x8
   pixels) and its RGB mapped to ``C`` channels by a fixed matrix; the caption goes through the
-  library's ``ToyTextEncoder``. Enough structure to learn from, cheap enough for tests on 2 CPU cores.
+  library's ``ToyTextEncoder``. Enough structure to learn from, cheap enough for tests on 2 CPU
+  cores.
 
 :class:`BatchPlan` decides everything random about a step from ``(seed, step)`` alone: the bucket,
 the global batch's sample indices, their timesteps (explicit uniform sampling: the timestep range
