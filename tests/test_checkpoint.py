@@ -1,6 +1,5 @@
 import os
 import stat
-
 from pathlib import Path
 
 import pytest
@@ -48,8 +47,14 @@ def test_training_state_round_trips_without_pickle(tmp_path):
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
     gen = torch.Generator().manual_seed(3)
-    state = {"optimizer": opt.state_dict(), "rng": gen.get_state(), "losses": [1.0, 0.5],
-             "pair": (1, 2), "name": "x", "none": None}  # fmt: skip
+    state = {
+        "optimizer": opt.state_dict(),
+        "rng": gen.get_state(),
+        "losses": [1.0, 0.5],
+        "pair": (1, 2),
+        "name": "x",
+        "none": None,
+    }
     path = save_checkpoint(state, tmp_path / "state.safetensors")
     assert path.read_bytes()[8:9] == b"{"  # a safetensors header, not a pickle
     back = load_checkpoint(path)

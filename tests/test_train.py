@@ -5,18 +5,18 @@ from einops import rearrange
 
 from cogvx_mini.data.text_encoder import ToyTextEncoder
 from cogvx_mini.frame_pack import Bucket
+from cogvx_mini.training.overrides import parse_overrides
 from cogvx_mini.training.train import (
+    CHECKPOINT_NAME,
     EpochPlan,
     LatentClip,
     LatentDataset,
-    CHECKPOINT_NAME,
     NaNLossError,
     TrainConfig,
     cache_latents,
     toy_clips,
     train,
 )
-from cogvx_mini.training.overrides import parse_overrides
 from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
 from cogvx_mini.weights.checkpoint import load_checkpoint
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cogvx_mini.training.vae_train import VAETrainConfig, STATE_NAME, train_vae, training_batch
+from cogvx_mini.training.vae_train import VAETrainConfig, train_vae, training_batch
 from cogvx_mini.vae import VAE3D, VAEConfig
 
 TINY = VAEConfig(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_groups=4)

@@ -25,8 +25,9 @@ class DiffusionBatch:
     timesteps: torch.Tensor
 
     def to(self, device: torch.device | str) -> DiffusionBatch:
-        return DiffusionBatch(*(t.to(device) for t in (self.x0, self.noise, self.text)),
-                              self.timesteps.to(device))  # fmt: skip
+        return DiffusionBatch(
+            *(t.to(device) for t in (self.x0, self.noise, self.text)), self.timesteps.to(device)
+        )
 
 
 @dataclass

@@ -132,10 +132,15 @@ class LatentDataset:
 
     def state_dict(self) -> dict:
         """Tensors and JSON values only (for :func:`save_checkpoint`; no pickle)."""
-        clips = [dataclasses.asdict(c) | {"bucket": dataclasses.astuple(c.bucket)}
-                 for c in self.clips]  # fmt: skip
-        return {"clips": clips, "empty_text": self.empty_text,
-                "latent_scale": self.latent_scale, "meta": self.meta}  # fmt: skip
+        clips = [
+            dataclasses.asdict(c) | {"bucket": dataclasses.astuple(c.bucket)} for c in self.clips
+        ]
+        return {
+            "clips": clips,
+            "empty_text": self.empty_text,
+            "latent_scale": self.latent_scale,
+            "meta": self.meta,
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> LatentDataset:
@@ -300,8 +305,9 @@ def check_same_model(model: nn.Module, state: dict[str, torch.Tensor], where: Pa
     theirs = {k: tuple(v.shape) for k, v in state.items()}
     if ours != theirs:
         diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-        shown = ", ".join(f"{k}: checkpoint {theirs.get(k)} vs model {ours.get(k)}"
-                          for k in diff[:4])  # fmt: skip
+        shown = ", ".join(
+            f"{k}: checkpoint {theirs.get(k)} vs model {ours.get(k)}" for k in diff[:4]
+        )
         raise ValueError(
             f"checkpoint {where} holds another model ({len(diff)} tensors differ: {shown}); "
             "use a new --out folder or the model settings it was started with"
@@ -396,22 +402,37 @@ def train(
     with StopRequest().installed() as signals:
         while run.step < end and not stop:
             batch = sample_batch(dataset, plan, run.step, cfg, run.generator).to(device)
-            try:
-                per_sample = train_step(model, objective, batch, run.optimizer, lr(run.step),
-                                        cfg.grad_clip, run.step, run.ema)  # fmt: skip
-            except NonFiniteLossError as err:
-                bar.close()
-                kept = f"; the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else ""
-                raise NaNLossError(f"{err}{kept}") from None
+            per_sample = guarded_step(run, objective, batch, lr(run.step), cfg, ckpt, bar)
             record_step(run, batch.timesteps, per_sample, bar, on_step)
             out_of_time = max_seconds is not None and time.perf_counter() - start > max_seconds
             stop = out_of_time or signals.requested
             maybe_save(run, cfg, dataset, ckpt, force=stop or run.step == end)
     bar.close()
-    ema = run.ema.averaged_model(model)
-    seconds = time.perf_counter() - start
-    return TrainResult(run.losses, run.tracker, model, ema, run.step, seconds,
-                       dataset.latent_scale, signals.requested)  # fmt: skip
+    ema, seconds = run.ema.averaged_model(model), time.perf_counter() - start
+    result = TrainResult(run.losses, run.tracker, model, ema, run.step, seconds)
+    return dataclasses.replace(
+        result, latent_scale=dataset.latent_scale, interrupted=signals.requested
+    )
+
+
+def guarded_step(
+    run: RunState,
+    objective: Objective,
+    batch: DiffusionBatch,
+    lr: float,
+    cfg: TrainConfig,
+    ckpt: Path | None,
+    bar,
+) -> torch.Tensor:
+    """:func:`train_step`; a non-finite loss names the last good checkpoint (left in place)."""
+    try:
+        return train_step(
+            run.model, objective, batch, run.optimizer, lr, cfg.grad_clip, run.step, run.ema
+        )
+    except NonFiniteLossError as err:
+        bar.close()
+        kept = f"; the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else ""
+        raise NaNLossError(f"{err}{kept}") from None
 
 
 def record_step(run: RunState, timesteps, per_sample, bar, on_step) -> None:
@@ -502,8 +523,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="TransformerConfig.mini() overrides, e.g. num_layers=8 num_heads=8",
     )
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="start from these transformer weights (and their config)")  # fmt: skip
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from these transformer weights (and their config)",
+    )
     args = parser.parse_args(argv)
     if args.clips < 1:
         parser.error(f"--clips: expected a positive integer, got {args.clips}")
@@ -575,11 +600,18 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     lengths = (9, 13, 17, 21)
     key = cache_key(args.clips, lengths, args.vae_weights)
-    dataset = cached_dataset(args.out, key, lambda: build_mini_dataset(
-        args.clips, lengths=lengths, vae_weights=args.vae_weights, device=args.device))  # fmt: skip
+    dataset = cached_dataset(
+        args.out,
+        key,
+        lambda: build_mini_dataset(
+            args.clips, lengths=lengths, vae_weights=args.vae_weights, device=args.device
+        ),
+    )
     millions = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"{len(dataset.clips)} clips cached (latent scale {dataset.latent_scale:.3f}); "
-          f"model: {millions:.2f} M parameters")  # fmt: skip
+    print(
+        f"{len(dataset.clips)} clips cached (latent scale {dataset.latent_scale:.3f}); "
+        f"model: {millions:.2f} M parameters"
+    )
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     try:
         result = train(model, dataset, cfg, args.out, max_seconds=max_seconds)

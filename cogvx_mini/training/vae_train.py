@@ -193,17 +193,20 @@ class VAERun:
         }
         if self.disc is not None:
             state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict())
-        return state  # fmt: skip
+        return state
 
     def load(self, path: Path, cfg: VAETrainConfig) -> None:
         state = load_checkpoint(path)
         ours = asdict(cfg)
-        changed = sorted(k for k, v in state["config"].items()
-                         if k not in RESUMABLE_CHANGES and ours.get(k) != v)  # fmt: skip
+        changed = sorted(
+            k for k, v in state["config"].items() if k not in RESUMABLE_CHANGES and ours.get(k) != v
+        )
         if changed:
             diff = ", ".join(f"{k}: {state['config'][k]!r} -> {ours.get(k)!r}" for k in changed)
-            raise ValueError(f"{path} was trained with other settings ({diff}); "
-                             "use a new --out folder or the same settings")  # fmt: skip
+            raise ValueError(
+                f"{path} was trained with other settings ({diff}); "
+                "use a new --out folder or the same settings"
+            )
         self.vae.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         if self.disc is not None:
@@ -267,8 +270,9 @@ def train_vae(
         bar.update(1)
         bar.set_postfix(l1=f"{rec.item():.4f}")
         out_of_time = cfg.max_minutes > 0 and time.perf_counter() - start > 60 * cfg.max_minutes
-        if path is not None and (run.step % cfg.save_every == 0 or run.step == cfg.steps
-                                 or out_of_time):  # fmt: skip
+        if path is not None and (
+            run.step % cfg.save_every == 0 or run.step == cfg.steps or out_of_time
+        ):
             save_checkpoint(run.state_dict(cfg), path)
         if out_of_time:
             break
@@ -290,8 +294,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # Every VAETrainConfig field is a flag (--lr 1e-3), read by the one override parser.
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     for name in VAETrainConfig.__dataclass_fields__:
-        p.add_argument(f"--{name.replace('_', '-')}", dest="set", action="append",
-                       type=lambda v, n=name: f"{n}={v}", metavar="VALUE")  # fmt: skip
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest="set",
+            action="append",
+            type=lambda v, n=name: f"{n}={v}",
+            metavar="VALUE",
+        )
     return p.parse_args(argv)
 
 
