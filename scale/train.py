@@ -455,7 +455,21 @@ def log_line(record: dict) -> str:
     )
 
 
+def announce(run: ScaleRun, config: ScaleConfig, d: Dist, out: Path, latest: Path | None) -> None:
+    """Rank 0: write ``config.json`` and say what trains where, from scratch or resuming."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    print(
+        f"{sum(p.numel() for p in run.wrapper.parameters()):,} parameters on {d.world} "
+        f"ranks (dp={d.world // d.cp} x cp={d.cp}), {len(run.dataset)} samples in "
+        f"{len(run.plan.keys)} buckets, "
+        f"{'resuming from ' + str(latest) if latest else 'from scratch'}",
+        flush=True,
+    )
+
+
 def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
+    """The loop: plan the step, accumulate gradients, ``optimizer_step``, log, checkpoint."""
     from tqdm import tqdm
 
     run, t = ScaleRun.build(config, d, args.data), config.train
@@ -463,15 +477,7 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
     latest = resume_point(ckpt_dir, d, args.no_resume)
     start = load_checkpoint(latest, run.wrapper, run.optimizer, run.ema, config) if latest else 0
     if d.is_main:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-        print(
-            f"{sum(p.numel() for p in run.wrapper.parameters()):,} parameters on {d.world} "
-            f"ranks (dp={d.world // d.cp} x cp={d.cp}), {len(run.dataset)} samples in "
-            f"{len(run.plan.keys)} buckets, "
-            f"{'resuming from ' + str(latest) if latest else 'from scratch'}",
-            flush=True,
-        )
+        announce(run, config, d, args.out, latest)
     metrics = open_metrics(args.out / "metrics.jsonl", start) if d.is_main else None
     window, lr = Throughput(), config.lr_schedule()
     bar = tqdm(total=t.steps, initial=start, disable=not d.is_main, desc="train", leave=False)
@@ -510,10 +516,11 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
         if stop:
             break
     bar.close()
-    if not args.no_export and (args.stop_after is None or args.stop_after >= t.steps):
+    finished = args.stop_after is None or args.stop_after >= t.steps
+    if finished and not args.no_export:
         export_weights(args.out, run.wrapper, run.ema, d)
     if d.is_main:
-        print(f"done: {args.out}", flush=True)
+        print(f"{'done' if finished else 'stopped'}: {args.out}", flush=True)
         metrics.close()
 
 

@@ -171,3 +171,35 @@ def test_model_overrides_parse_yaml_values():
     assert TransformerConfig.mini(**got).rope_base_grid == (8, 8)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_overrides(["num_layers"], "--model")
+
+
+def test_one_override_syntax_checks_types_for_every_config():
+    from cogvx_mini.experiments import BUDGETS
+    from cogvx_mini.training.overrides import with_overrides
+
+    cfg = with_overrides(TrainConfig(), ["betas=[0.8, 0.9]", "lr=1e-3"])
+    assert cfg.betas == (0.8, 0.9) and cfg.lr == 1e-3
+    assert with_overrides(BUDGETS["tiny"], ["seeds=[3, 4]"]).seeds == (3, 4)
+    assert parse_overrides(["optim.lr=2e-4", "train.steps=5"]) == {
+        "optim": {"lr": 2e-4},
+        "train": {"steps": 5},
+    }
+    with pytest.raises(ValueError, match="betas: expected 2 values"):
+        with_overrides(TrainConfig(), ["betas=[0.9]"])
+    with pytest.raises(TypeError, match="steps: expected int, got 'x'"):
+        with_overrides(TrainConfig(), ["steps=x"])
+    with pytest.raises(ValueError, match="ema_decay: expected a value in"):
+        with_overrides(TrainConfig(), ["ema_decay=2"])
+
+
+def test_ema_exports_its_averages_into_a_copy_of_the_model():
+    from cogvx_mini.training.ema import EMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(step=100)  # decay 0.5: half-way to the new weights
+    averaged = ema.averaged_model(model)
+    torch.testing.assert_close(averaged.weight, model.weight - 0.5)
+    assert not averaged.weight.requires_grad and averaged is not model

@@ -61,60 +61,18 @@ class Budget:
 
 BUDGETS = {
     # For the test: seconds.
-    "tiny": Budget(
-        "tiny",
-        (0, 1),
-        steps=3,
-        batch=2,
-        clips=6,
-        eval_clips=2,
-        eval_timesteps=2,
-        prompts=1,
-        sample_steps=2,
-        vae_steps=2,
-        vae_batch=1,
-        vae_frames=5,
-        vae_crop=16,
-        vae_eval=1,
-        frames=5,
-        size=32,
-        curve_points=3,
-    ),
+    "tiny": Budget("tiny", (0, 1), steps=3, batch=2, clips=6, eval_clips=2, eval_timesteps=2,
+                   prompts=1, sample_steps=2, vae_steps=2, vae_batch=1, vae_frames=5,
+                   vae_crop=16, vae_eval=1, frames=5, size=32, curve_points=3),
     # About two minutes per ablation on one (shared) CPU thread.
-    "small": Budget(
-        "small",
-        (0, 1),
-        steps=120,
-        batch=8,
-        clips=96,
-        eval_clips=6,
-        prompts=6,
-        sample_steps=8,
-        vae_steps=60,
-        vae_batch=2,
-        vae_frames=9,
-        vae_crop=32,
-        vae_eval=6,
-    ),
+    "small": Budget("small", (0, 1), steps=120, batch=8, clips=96, eval_clips=6, prompts=6,
+                    sample_steps=8, vae_steps=60, vae_batch=2, vae_frames=9, vae_crop=32,
+                    vae_eval=6),
     # All six in about eight minutes on one H100 (a mini step takes a few ms there).
-    "full": Budget(
-        "full",
-        (0, 1, 2),
-        steps=800,
-        batch=32,
-        clips=1024,
-        frames=9,
-        eval_clips=32,
-        prompts=32,
-        sample_steps=25,
-        vae_steps=400,
-        vae_batch=8,
-        vae_frames=17,
-        vae_crop=64,
-        vae_eval=32,
-        warmup=60,
-    ),
-}
+    "full": Budget("full", (0, 1, 2), steps=800, batch=32, clips=1024, frames=9, eval_clips=32,
+                   prompts=32, sample_steps=25, vae_steps=400, vae_batch=8, vae_frames=17,
+                   vae_crop=64, vae_eval=32, warmup=60),
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,6 +399,14 @@ def diffusion_ablation(
             "train_seconds": summary(seconds),
         }
     return out
+
+
+def arms_and_judge_ceiling(budget, seeds, device, arms, train, evaluate, log) -> dict:
+    """``{"arms", "judge_ceiling"}`` of an ablation whose arms all train on ``train``."""
+    return {
+        "arms": diffusion_ablation(budget, seeds, device, arms, lambda a: train, evaluate, log),
+        "judge_ceiling": judge_ceiling(train, budget, device),
+    }
 
 
 def train_buckets(budget: Budget) -> list[Bucket]:

@@ -25,10 +25,7 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         return m
 
     return {
-        "arms": common.diffusion_ablation(
-            budget, seeds, device, arms, lambda a: train, evaluate, log
-        ),
-        "judge_ceiling": common.judge_ceiling(train, budget, device),
+        **common.arms_and_judge_ceiling(budget, seeds, device, arms, train, evaluate, log),
         "primary": ["eval_loss", "track_residual_px", "direction_ok"],
         "higher_is_better": {
             "eval_loss": False,

@@ -34,8 +34,12 @@ from cogvx_mini.timestep_sampling import batch_timesteps
 # Datasets
 
 
-class LatentDataset:
-    """Samples grouped by latent shape. Subclasses fill ``self.buckets`` and implement ``get``."""
+class LatentSource:
+    """Fixed latents grouped by latent shape, served by index. Subclasses fill ``self.buckets``
+    and implement ``get``.
+
+    Not the mini loop's :class:`cogvx_mini.training.train.LatentDataset`, which keeps each
+    clip's VAE posterior (mean and std) in memory and samples a new latent every step."""
 
     buckets: dict[tuple[int, ...], list[int]]
 
@@ -66,7 +70,7 @@ def pseudo_latents(video: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.einsum("kc,tchw->kthw", mix, pooled)
 
 
-class ToyLatents(LatentDataset):
+class ToyLatents(LatentSource):
     """``samples`` toy-world scenes per bucket as pseudo-latents and ``ToyTextEncoder`` embeddings.
 
     ``buckets``: pixel shapes ``(frames, height, width)``; scene seeds differ between buckets.
@@ -99,7 +103,7 @@ class ToyLatents(LatentDataset):
         return lat, text
 
 
-class LatentCache(LatentDataset):
+class LatentCache(LatentSource):
     """The cache written by ``scale/precompute.py``: ``DIR/shard_*.safetensors`` + ``.jsonl``.
 
     Each index line is ``{"key", "caption", "latent_shape"}``; the shard holds ``latents/<key>``
@@ -166,7 +170,7 @@ class BatchPlan:
     """
 
     def __init__(
-        self, dataset: LatentDataset, global_batch: int, seed: int, num_timesteps: int = 1000
+        self, dataset: LatentSource, global_batch: int, seed: int, num_timesteps: int = 1000
     ):
         if global_batch > num_timesteps:
             raise ValueError(

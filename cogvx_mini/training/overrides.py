@@ -11,11 +11,15 @@ trainer's flags, the ablations' ``--set`` and ``scale/train.py``'s ``--set`` all
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any
 
 import yaml
+
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def parse_overrides(pairs: list[str], where: str = "--set") -> dict[str, Any]:
@@ -37,7 +41,10 @@ def apply_override(data: dict[str, Any], pair: str, where: str = "--set") -> Non
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ValueError(f"{where}: {path!r} sets a key inside a value that is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
+    node[keys[-1]] = value
 
 
 def check_type(value: Any, hint: Any, where: str) -> Any:
@@ -52,10 +59,11 @@ def check_type(value: Any, hint: Any, where: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise TypeError(f"{where}: expected a list, got {value!r}")
-        inner = typing.get_args(hint)
-        if origin is tuple and inner and inner[-1] is not Ellipsis and len(inner) != len(value):
+        inner = typing.get_args(hint) or (Any,)
+        fixed = origin is tuple and inner[-1] is not Ellipsis  # tuple[float, float]
+        if fixed and len(inner) != len(value):
             raise ValueError(f"{where}: expected {len(inner)} values, got {value!r}")
-        kinds = [inner[0]] * len(value) if len(inner) != len(value) else list(inner)
+        kinds = list(inner) if fixed else [inner[0]] * len(value)
         items = [
             check_type(v, k, f"{where}[{i}]")
             for i, (v, k) in enumerate(zip(value, kinds, strict=True))

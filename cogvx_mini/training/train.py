@@ -597,6 +597,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model, model_cfg = build_model(args, cfg.seed)
     args.out.mkdir(parents=True, exist_ok=True)
+    for old in ("checkpoint.pt", "latents.pt"):  # pickles of earlier versions: never loaded
+        if (args.out / old).is_file():
+            print(f"ignoring {args.out / old} (an older pickle format, not loaded)")
     start = time.perf_counter()
     lengths = (9, 13, 17, 21)
     key = cache_key(args.clips, lengths, args.vae_weights)
