@@ -234,8 +234,9 @@ def train_diffusion(
         batch_size=budget.batch,
         lr=budget.lr,
         warmup=budget.warmup,
-        final_lr_ratio=1.0,
+        final_lr_ratio=1.0,  # no decay: the arms are compared at a constant rate
         timestep_strata=budget.batch if strata is None else strata,
+        snr_shift_scale=NoiseSchedule().snr_shift_scale,  # the schedule eval_loss uses
         seed=seed,
     )
     result = train(model.to(device), data, cfg, None, progress=False)

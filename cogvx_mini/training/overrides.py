@@ -18,7 +18,6 @@ from typing import Any
 
 import yaml
 
-
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 

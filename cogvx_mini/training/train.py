@@ -321,7 +321,9 @@ def resume_from(run: RunState, cfg: TrainConfig, path: Path) -> None:
         return
     state = load_checkpoint(path)
     if state["config"] != dataclasses.asdict(cfg):
-        changed = sorted(k for k, v in dataclasses.asdict(cfg).items() if state["config"][k] != v)
+        changed = sorted(
+            k for k, v in dataclasses.asdict(cfg).items() if state["config"].get(k) != v
+        )
         raise ValueError(
             f"checkpoint {path} was written with another TrainConfig (changed: {changed}); "
             "use a new --out folder or the same settings"
@@ -349,10 +351,16 @@ def sample_batch(
 
 class StopRequest:
     """Turns Ctrl-C (SIGINT) and SIGTERM into a flag the loop checks after each step, so the
-    run saves a checkpoint and then stops, instead of dying mid-step."""
+    run saves a checkpoint and then stops, instead of dying mid-step (a second Ctrl-C stops
+    at once)."""
 
     def __init__(self) -> None:
         self.requested = False
+
+    def _request(self, signum, frame) -> None:
+        if self.requested:  # asked twice: stop now, without the checkpoint
+            raise KeyboardInterrupt
+        self.requested = True
 
     @contextlib.contextmanager
     def installed(self):
@@ -361,7 +369,7 @@ class StopRequest:
             return
         old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         for s in old:
-            signal.signal(s, lambda *_: setattr(self, "requested", True))
+            signal.signal(s, self._request)
         try:
             yield self
         finally:
