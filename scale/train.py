@@ -96,7 +96,7 @@ def remove_stale_temporaries(folder: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def save_checkpoint(
+def save_sharded_checkpoint(
     folder: Path, step: int, wrapper, optimizer, ema: EMA, config: ScaleConfig, d: Dist
 ) -> Path:
     """Save model, optimiser and EMA state with DCP (every rank writes its shards) atomically,
@@ -144,8 +144,8 @@ def check_checkpoint_config(path: Path, config: ScaleConfig) -> dict:
     return meta
 
 
-def load_checkpoint(path: Path, wrapper, optimizer, ema: EMA, config: ScaleConfig) -> int:
-    """Load a checkpoint saved by :func:`save_checkpoint` (any world size); returns its step."""
+def load_sharded_checkpoint(path: Path, wrapper, optimizer, ema: EMA, config: ScaleConfig) -> int:
+    """Load what :func:`save_sharded_checkpoint` saved (any world size); returns its step."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -475,7 +475,11 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
     run, t = ScaleRun.build(config, d, args.data), config.train
     ckpt_dir = args.out / "checkpoints"
     latest = resume_point(ckpt_dir, d, args.no_resume)
-    start = load_checkpoint(latest, run.wrapper, run.optimizer, run.ema, config) if latest else 0
+    start = (
+        load_sharded_checkpoint(latest, run.wrapper, run.optimizer, run.ema, config)
+        if latest
+        else 0
+    )
     if d.is_main:
         announce(run, config, d, args.out, latest)
     metrics = open_metrics(args.out / "metrics.jsonl", start) if d.is_main else None
@@ -512,7 +516,9 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
         stop = args.stop_after is not None and step + 1 >= args.stop_after
         due = (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps or stop
         if due and not args.no_checkpoints:
-            save_checkpoint(ckpt_dir, step + 1, run.wrapper, run.optimizer, run.ema, config, d)
+            save_sharded_checkpoint(
+                ckpt_dir, step + 1, run.wrapper, run.optimizer, run.ema, config, d
+            )
         if stop:
             break
     bar.close()
