@@ -326,8 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         train(config, d, args)
     except NonFiniteLossError as err:
-        kept = latest_checkpoint(args.out / "checkpoints", log=lambda s: None)
         if d.is_main:
+            folder = args.out / "checkpoints"
+            saved = sorted(folder.glob("step_*")) if folder.is_dir() else []
+            kept = saved[-1] if saved else "none (no checkpoint was saved)"
             print(f"error: {err}; stopped, the last checkpoint is {kept}", file=sys.stderr)
         raise SystemExit(1) from None
     finally:
