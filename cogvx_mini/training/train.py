@@ -598,12 +598,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+        model, model_cfg = build_model(args, cfg.seed)  # --model overrides checked by name
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     torch.set_num_threads(args.threads)
     # TF32 matmuls on GPUs that have them: the mini model trains in float32.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model, model_cfg = build_model(args, cfg.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     for old in ("checkpoint.pt", "latents.pt"):  # pickles of earlier versions: never loaded
         if (args.out / old).is_file():
