@@ -90,6 +90,11 @@ class TimestepLossTracker:
         self.sums.index_add_(0, idx, losses.detach().double().cpu())
         self.counts.index_add_(0, idx, torch.ones_like(idx))
 
+    def reset(self) -> None:
+        """Forget what was seen (a new logging window)."""
+        self.sums.zero_()
+        self.counts.zero_()
+
     def means(self) -> torch.Tensor:
         """Mean loss per bucket ``[buckets]`` (NaN where a bucket saw nothing)."""
         return self.sums / self.counts.clamp(min=1).double() + torch.where(

@@ -7,10 +7,16 @@
 ``--data`` is a folder written by ``scale/precompute.py`` (cached VAE latents and text
 embeddings) or ``toy`` (the toy world as pseudo-latents, for tests). ``--set key=value``
 overrides the config (``--set train.steps=100 --set parallel.cp=2``). The run resumes from the
-newest complete checkpoint under ``OUT/checkpoints`` unless ``--no-resume``; ``train.init_from``
-fine-tunes from a cogvx_mini transformer state dict (safetensors) or a released model's diffusers
-folder. Rank 0 shows a progress bar and writes ``OUT/metrics.jsonl``; at the end it writes
-``OUT/transformer.safetensors`` and ``OUT/transformer_ema.safetensors``.
+newest checkpoint under ``OUT/checkpoints`` whose files match the SHA-256 digests recorded when
+it was saved, unless ``--no-resume``; ``train.init_from`` fine-tunes from a cogvx_mini transformer
+state dict (safetensors) or a released model's diffusers folder. Rank 0 shows a progress bar and
+writes ``OUT/metrics.jsonl``; at the end it writes ``OUT/transformer.safetensors`` and
+``OUT/transformer_ema.safetensors``. A non-finite loss or gradient stops the run (exit status 1)
+before the weights change, keeping the last checkpoint.
+
+The step is the library's (``cogvx_mini.training``): ``Objective.per_sample_loss`` per
+micro-batch, ``optimizer_step`` (finite-loss guard, clipping, AdamW, ``EMA``), ``LRSchedule``,
+``TimestepLossTracker``.
 """
 
 from __future__ import annotations
@@ -21,95 +27,89 @@ import math
 import os
 import re
 import shutil
+import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from cogvx_mini.parallel import Dist, build_transformer, init_distributed
+from cogvx_mini.timestep_sampling import TimestepLossTracker
+from cogvx_mini.training.ema import EMA
 from cogvx_mini.training.latent_cache import BatchPlan, LatentCache, ToyLatents, noise_like
-from cogvx_mini.training.objective import Objective
+from cogvx_mini.training.objective import DiffusionBatch, Objective
 from cogvx_mini.training.scale_config import ScaleConfig, check_world, load_config
+from cogvx_mini.training.step import NonFiniteLossError, optimizer_step
+from cogvx_mini.weights.checkpoint import check_digests, file_digests
 
 T_BUCKETS = 10  # loss is reported per tenth of the timestep range
 
 
-def lr_at(step: int, config: ScaleConfig) -> float:
-    """Learning rate at ``step``: linear warm-up, then cosine / linear decay to ``min_lr_ratio``."""
-    o, total = config.optim, config.train.steps
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    if o.decay == "constant":
-        return o.lr
-    progress = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
-    shape = 0.5 * (1 + math.cos(math.pi * progress)) if o.decay == "cosine" else 1 - progress
-    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * shape)
-
-
 # ---------------------------------------------------------------------------------------------
-# EMA of the (sharded) parameters
-
-
-class EMA:
-    """Exponential moving average of the parameters, kept in fp32 with the same sharding.
-
-    The decay warms up as ``min(decay, (1 + step) / (10 + step))`` so early averages are not
-    dominated by the random initialisation.
-    """
-
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.params = dict(module.named_parameters())
-        self.shadow = {k: p.detach().clone().float() for k, p in self.params.items()}
-
-    @staticmethod
-    def _local(t: torch.Tensor) -> torch.Tensor:
-        return t.to_local() if hasattr(t, "to_local") else t
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for k, p in self.params.items():
-            self._local(self.shadow[k]).lerp_(self._local(p).float(), 1 - decay)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed checkpoints: torch.distributed.checkpoint into a temporary folder, then rename
+# Distributed checkpoints: torch.distributed.checkpoint into a temporary folder, then rename.
+# DCP's .metadata is a pickle: a folder is loaded only if every file matches the SHA-256 digest
+# recorded in its meta.json when it was saved.
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+TMP_PREFIX = ".tmp_step_"
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete ``step_XXXXXXXX`` checkpoint in ``folder`` (one with meta.json)."""
+def checkpoint_problems(path: Path) -> list[str]:
+    """Why ``path`` cannot be resumed from (empty: complete and intact)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        digests = meta["digests"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return [f"meta.json with file digests unreadable ({type(err).__name__})"]
+    return check_digests(path, digests)
+
+
+def latest_checkpoint(folder: Path, log=print) -> Path | None:
+    """The newest ``step_XXXXXXXX`` checkpoint in ``folder`` that is intact; damaged or
+    unverifiable newer ones are skipped with a message."""
     if not folder.is_dir():
         return None
-    done = [p for p in folder.iterdir() if STEP_DIR.match(p.name) and (p / "meta.json").is_file()]
-    return max(done, key=lambda p: p.name, default=None)
+    steps = sorted((p for p in folder.iterdir() if STEP_DIR.match(p.name)), reverse=True)
+    for path in steps:
+        problems = checkpoint_problems(path)
+        if not problems:
+            return path
+        log(f"skipping checkpoint {path}: {'; '.join(problems)}")
+    return None
 
 
-def save_checkpoint(
-    folder: Path, step: int, wrapper, optimizer, ema: EMA, config: ScaleConfig, d: Dist
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the ``.tmp_step_*`` folders of saves that were killed (rank 0, before training)."""
+    if folder.is_dir():
+        for p in folder.glob(f"{TMP_PREFIX}*"):
+            print(f"removing {p}, left by an interrupted save", flush=True)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def save_sharded_checkpoint(
+    folder: Path, step: int, model, optimizer, ema: EMA, config: ScaleConfig, d: Dist
 ) -> Path:
-    """Save model, optimiser and EMA state with DCP (every rank writes its shards) atomically."""
+    """Save model, optimiser and EMA state with DCP (every rank writes its shards) atomically,
+    with the SHA-256 of every file in ``meta.json``; keeps the newest ``keep_checkpoints``."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     final = folder / f"step_{step:08d}"
-    tmp = folder / f".tmp_step_{step:08d}"
+    tmp = folder / f"{TMP_PREFIX}{step:08d}"
     if d.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    model_sd, optim_sd = get_state_dict(wrapper, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd, "ema": ema.state_dict()}, checkpoint_id=tmp)
     dist.barrier()
     if d.is_main:
         meta = {"step": step, "model": config.model.__dict__, "world": d.world, "cp": d.cp}
         meta["transformer_config"] = _config_dict(config.transformer_config())
+        meta["digests"] = file_digests(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -137,19 +137,31 @@ def check_checkpoint_config(path: Path, config: ScaleConfig) -> dict:
     return meta
 
 
-def load_checkpoint(path: Path, wrapper, optimizer, ema: EMA, config: ScaleConfig) -> int:
-    """Load a checkpoint saved by :func:`save_checkpoint` (any world size); returns its step."""
+def load_sharded_checkpoint(path: Path, model, optimizer, ema: EMA, config: ScaleConfig) -> int:
+    """Load what :func:`save_sharded_checkpoint` saved (any world size); returns its step."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     meta = check_checkpoint_config(path, config)
-    model_sd, optim_sd = get_state_dict(wrapper, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd, "ema": ema.state_dict()}
     dcp.load(state, checkpoint_id=path)
     set_state_dict(
-        wrapper, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
     )
     return int(meta["step"])
+
+
+def resume_point(ckpt_dir: Path, d: Dist, no_resume: bool) -> Path | None:
+    """The checkpoint every rank resumes from: rank 0 cleans up and checks, then tells all."""
+    choice = [None]
+    if d.is_main:
+        remove_stale_temporaries(ckpt_dir)
+        if not no_resume:
+            found = latest_checkpoint(ckpt_dir, log=lambda s: print(s, flush=True))
+            choice = [str(found) if found else None]
+    dist.broadcast_object_list(choice, src=0)
+    return Path(choice[0]) if choice[0] else None
 
 
 def export_weights(out: Path, model, ema: EMA, d: Dist) -> None:
@@ -183,6 +195,7 @@ def build(
 
 
 def load_dataset(data: str, config: ScaleConfig, tcfg):
+    """The toy world's pseudo-latents, or the latent cache at ``data`` (text shape checked)."""
     if data == "toy":
         return ToyLatents(
             config.data.buckets,
@@ -191,7 +204,14 @@ def load_dataset(data: str, config: ScaleConfig, tcfg):
             config.data.text_length,
             tcfg.text_dim,
         )
-    return LatentCache(data)
+    cache = LatentCache(data)
+    length, dim = cache.get(0)[1].shape
+    if (length, dim) != (config.data.text_length, tcfg.text_dim):
+        raise ValueError(
+            f"data.text_length: the cache {data} holds text of {length} tokens x {dim}, the config"
+            f" expects {config.data.text_length} x {tcfg.text_dim} (re-run precompute or set it)"
+        )
+    return cache
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -211,158 +231,253 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-checkpoints", action="store_true", help="never save a checkpoint (still resumes)"
     )
+    parser.add_argument(
+        "--init-timeout",
+        type=float,
+        default=300.0,
+        help="seconds to wait for the process group to form before giving up",
+    )
     return parser.parse_args(argv)
+
+
+def init_with_timeout(cp: int, device: str | None, seconds: float) -> Dist:
+    """``init_distributed``, or a clear message and exit status 1 after ``seconds`` (without a
+    loopback interface or with an unreachable MASTER_ADDR it would wait for half an hour)."""
+
+    def give_up() -> None:
+        addr = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT')}"
+        print(
+            f"error: the process group did not form within {seconds:.0f} s (rank "
+            f"{os.environ.get('RANK', 0)}, MASTER_ADDR:PORT {addr}); check that every rank "
+            "is started and that the address is reachable (a loopback interface for a single "
+            "machine); --init-timeout sets the wait",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        return init_distributed(cp, device)
+    finally:
+        timer.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    config = load_config(args.config, args.set)
-    d = init_distributed(config.parallel.cp, args.device)
+    try:
+        config = load_config(args.config, args.set)
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    d = init_with_timeout(config.parallel.cp, args.device, args.init_timeout)
     try:
         train(config, d, args)
+    except NonFiniteLossError as err:
+        if d.is_main:
+            folder = args.out / "checkpoints"
+            saved = sorted(folder.glob("step_*")) if folder.is_dir() else []
+            kept = saved[-1] if saved else "none (no checkpoint was saved)"
+            print(f"error: {err}; stopped, the last checkpoint is {kept}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         dist.destroy_process_group()
 
 
+@dataclass
+class Throughput:
+    """Samples, tokens and FLOPs over a logging window, and its wall time."""
+
+    seconds: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+
+    def add(self, seconds: float, config: ScaleConfig, tcfg, bucket) -> None:
+        from cogvx_mini.transformer import forward_flops
+
+        t, text_len = config.train, config.data.text_length
+        self.seconds += seconds
+        self.samples += t.global_batch
+        self.tokens += t.global_batch * (math.prod(bucket[1:]) // tcfg.patch_size**2 + text_len)
+        self.flops += 3 * forward_flops(tcfg, *bucket[1:], text_len, t.global_batch)["total"]
+
+    def record(self, world: int, peak_tflops: float, mem_gib: float) -> dict:
+        tflops = self.flops / self.seconds / 1e12
+        return {
+            "samples_per_s": self.samples / self.seconds,
+            "tokens_per_s": self.tokens / self.seconds,
+            "tflops_per_gpu": tflops / world,
+            "mfu": (tflops / world / peak_tflops) if peak_tflops else None,
+            "peak_mem_gib": mem_gib,
+        }
+
+
+@dataclass
+class ScaleRun:
+    """What the loop works with: the sharded model, its data, optimiser, EMA and tracker."""
+
+    model: torch.nn.Module
+    tcfg: object
+    dataset: object
+    plan: BatchPlan
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    tracker: TimestepLossTracker
+    per_rank: int
+
+    @classmethod
+    def build(cls, config: ScaleConfig, d: Dist, data: str) -> ScaleRun:
+        model, tcfg = build(config, d)
+        dp = check_world(config, d.world, tcfg.num_heads, tcfg.patch_size)
+        t, o = config.train, config.optim
+        dataset = load_dataset(data, config, tcfg)
+        objective = Objective.for_preset(config.model.preset)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            foreach=True,
+        )
+        return cls(
+            model,
+            tcfg,
+            dataset,
+            BatchPlan(dataset, t.global_batch, t.seed),
+            objective,
+            optimizer,
+            EMA(model, o.ema_decay),
+            TimestepLossTracker(objective.num_timesteps, T_BUCKETS),
+            t.global_batch // dp,
+        )
+
+
+def accumulate_gradients(run: ScaleRun, sp, d: Dist, config: ScaleConfig) -> float:
+    """Forward and backward over this rank's micro-batches of the step's global batch ``sp``;
+    returns the loss averaged over the whole global batch (all ranks)."""
+    mb = config.train.micro_batch
+    mine = slice(d.dp_rank * run.per_rank, (d.dp_rank + 1) * run.per_rank)
+    indices, steps_t, seeds = sp.indices[mine], sp.timesteps[mine], sp.noise_seeds[mine]
+    step_loss = torch.zeros((), dtype=torch.float64)
+    for m in range(run.per_rank // mb):
+        sl = slice(m * mb, (m + 1) * mb)
+        x0, text = run.dataset.batch(indices[sl])
+        noise = noise_like(tuple(x0.shape[1:]), seeds[sl])
+        batch = DiffusionBatch(x0, noise, text, torch.tensor(steps_t[sl])).to(d.device)
+        per_sample = run.objective.per_sample_loss(run.model, batch)  # [micro_batch]
+        (per_sample.sum() / run.per_rank).backward()
+        per_sample = per_sample.detach().double().cpu()
+        step_loss += per_sample.sum() / run.per_rank
+        run.tracker.update(torch.tensor(steps_t[sl]), per_sample)
+    # Every CP rank of a sample holds its full loss: the mean over all ranks is the dp mean.
+    loss_all = step_loss.to(d.device, torch.float32)
+    dist.all_reduce(loss_all)
+    return loss_all.item() / d.world
+
+
+def window_record(run: ScaleRun, window: Throughput, config: ScaleConfig, d: Dist) -> dict:
+    """Throughput, memory and loss per timestep bucket of the window (over all ranks)."""
+    stats = torch.stack([run.tracker.sums, run.tracker.counts.double()])
+    stats = stats.to(d.device, torch.float32)
+    dist.all_reduce(stats)
+    per_bucket = (stats[0] / stats[1].clamp(min=1)).tolist()
+    run.tracker.reset()
+    cuda = d.device.type == "cuda"
+    mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else _cpu_rss_gib()
+    record = window.record(d.world, config.train.peak_tflops, mem)
+    record["loss_by_t"] = {
+        f"{lo}-{hi}": round(v, 5)
+        for (lo, hi), v, n in zip(run.tracker.edges(), per_bucket, stats[1], strict=True)
+        if n > 0
+    }
+    return record
+
+
+def log_line(record: dict) -> str:
+    mfu = f"{record['mfu']:.1%}" if record["mfu"] is not None else "n/a"
+    return (
+        f"step {record['step']}: loss {record['loss']:.4f} lr {record['lr']:.2e} "
+        f"|g| {record['grad_norm']:.3f} {record['samples_per_s']:.2f} samples/s "
+        f"{record['tokens_per_s']:.0f} tokens/s MFU {mfu} mem {record['peak_mem_gib']:.2f} GiB"
+    )
+
+
+def announce(run: ScaleRun, config: ScaleConfig, d: Dist, out: Path, latest: Path | None) -> None:
+    """Rank 0: write ``config.json`` and say what trains where, from scratch or resuming."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    print(
+        f"{sum(p.numel() for p in run.model.parameters()):,} parameters on {d.world} "
+        f"ranks (dp={d.world // d.cp} x cp={d.cp}), {len(run.dataset)} samples in "
+        f"{len(run.plan.keys)} buckets, "
+        f"{'resuming from ' + str(latest) if latest else 'from scratch'}",
+        flush=True,
+    )
+
+
 def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
+    """The loop: plan the step, accumulate gradients, ``optimizer_step``, log, checkpoint."""
     from tqdm import tqdm
 
-    from cogvx_mini.transformer import forward_flops
-
-    wrapper, tcfg = build(config, d)
-    dp = check_world(config, d.world, tcfg.num_heads, tcfg.patch_size)
-    t, o = config.train, config.optim
-    per_rank = t.global_batch // dp
-    accum = per_rank // t.micro_batch
-    dataset = load_dataset(args.data, config, tcfg)
-    plan = BatchPlan(dataset, t.global_batch, t.seed)
-    objective = Objective.for_preset(config.model.preset)
-    optimizer = torch.optim.AdamW(
-        wrapper.parameters(),
-        lr=o.lr,
-        betas=tuple(o.betas),
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        foreach=True,
-    )
-    ema = EMA(wrapper, o.ema_decay)
+    run, t = ScaleRun.build(config, d, args.data), config.train
     ckpt_dir = args.out / "checkpoints"
-    start = 0
-    latest = None if args.no_resume else latest_checkpoint(ckpt_dir)
-    if latest is not None:
-        start = load_checkpoint(latest, wrapper, optimizer, ema, config)
+    latest = resume_point(ckpt_dir, d, args.no_resume)
+    start = (
+        load_sharded_checkpoint(latest, run.model, run.optimizer, run.ema, config)
+        if latest
+        else 0
+    )
     if d.is_main:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
-        n_params = sum(p.numel() for p in wrapper.parameters())
-        print(
-            f"{n_params:,} parameters on {d.world} ranks (dp={dp} x cp={d.cp}), "
-            f"{len(dataset)} samples in {len(plan.keys)} buckets, "
-            f"{'resuming from ' + str(latest) if latest else 'from scratch'}",
-            flush=True,
-        )
+        announce(run, config, d, args.out, latest)
     metrics = open_metrics(args.out / "metrics.jsonl", start) if d.is_main else None
-    bucket_sum = torch.zeros(T_BUCKETS, dtype=torch.float64)
-    bucket_n = torch.zeros(T_BUCKETS, dtype=torch.float64)
-    window_time, window_samples, window_tokens, window_flops = 0.0, 0, 0, 0.0
+    window, lr = Throughput(), config.lr_schedule()
     bar = tqdm(total=t.steps, initial=start, disable=not d.is_main, desc="train", leave=False)
     if d.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for step in range(start, t.steps):
-        tick = time.perf_counter()
-        sp = plan.plan(step)
-        lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        mine = slice(d.dp_rank * per_rank, (d.dp_rank + 1) * per_rank)
-        indices, steps_t, seeds = sp.indices[mine], sp.timesteps[mine], sp.noise_seeds[mine]
-        step_loss = torch.zeros((), dtype=torch.float64)
-        for m in range(accum):
-            sl = slice(m * t.micro_batch, (m + 1) * t.micro_batch)
-            x0, text = dataset.batch(indices[sl])
-            x0, text = x0.to(d.device), text.to(d.device)
-            noise = noise_like(tuple(x0.shape[1:]), seeds[sl]).to(d.device)
-            ts = torch.tensor(steps_t[sl], device=d.device)
-            x_t, target = objective.noisy_and_target(x0, noise, ts)
-            prediction = wrapper(x_t, text, ts)
-            per_sample = objective.loss(prediction, target)  # [micro_batch]
-            (per_sample.sum() / per_rank).backward()
-            step_loss += per_sample.detach().double().sum().cpu() / per_rank
-            for tv, lv in zip(steps_t[sl], per_sample.detach().double().cpu(), strict=True):
-                bucket_sum[tv * T_BUCKETS // objective.num_timesteps] += lv
-                bucket_n[tv * T_BUCKETS // objective.num_timesteps] += 1
-        grad_norm = torch.nn.utils.clip_grad_norm_(wrapper.parameters(), o.grad_clip)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(step)
-        # Every CP rank of a sample holds its full loss: the mean over all ranks is the dp mean.
-        loss_all = step_loss.to(d.device, torch.float32)
-        dist.all_reduce(loss_all)
-        loss_value = loss_all.item() / d.world
+        tick, sp = time.perf_counter(), run.plan.plan(step)
+        loss = accumulate_gradients(run, sp, d, config)
+        grad_norm = optimizer_step(
+            run.optimizer,
+            run.model.parameters(),
+            lr(step),
+            config.optim.grad_clip,
+            step,
+            run.ema,
+            loss,
+        )
         if d.device.type == "cuda":
             torch.cuda.synchronize()
-        elapsed = time.perf_counter() - tick
-        tokens = t.global_batch * (
-            math.prod(sp.bucket[1:]) // tcfg.patch_size**2 + config.data.text_length
-        )
-        window_time += elapsed
-        window_samples += t.global_batch
-        window_tokens += tokens
-        text_len = config.data.text_length
-        window_flops += 3 * forward_flops(tcfg, *sp.bucket[1:], text_len, t.global_batch)["total"]
-        record = {"step": step + 1, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
+        window.add(time.perf_counter() - tick, config, run.tcfg, sp.bucket)
+        record = {"step": step + 1, "loss": loss, "lr": lr(step), "grad_norm": grad_norm}
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}")
         if (step + 1) % t.log_every == 0 or step + 1 == t.steps:
-            stats = torch.stack([bucket_sum, bucket_n]).to(d.device, torch.float32)
-            dist.all_reduce(stats)
-            per_bucket = (stats[0] / stats[1].clamp(min=1)).tolist()
-            mem = (
-                torch.cuda.max_memory_allocated() / 2**30
-                if d.device.type == "cuda"
-                else _cpu_rss_gib()
-            )
-            tflops = window_flops / window_time / 1e12
-            record.update(
-                samples_per_s=window_samples / window_time,
-                tokens_per_s=window_tokens / window_time,
-                tflops_per_gpu=tflops / d.world,
-                mfu=(tflops / d.world / t.peak_tflops) if t.peak_tflops else None,
-                peak_mem_gib=mem,
-                loss_by_t={
-                    f"{i * 100}-{(i + 1) * 100}": round(v, 5)
-                    for i, v in enumerate(per_bucket)
-                    if stats[1, i] > 0
-                },
-            )
+            record.update(window_record(run, window, config, d))
+            window = Throughput()
             if d.is_main:
-                mfu = f"{record['mfu']:.1%}" if record["mfu"] is not None else "n/a"
-                bar.write(
-                    f"step {step + 1}: loss {loss_value:.4f} lr {lr:.2e} "
-                    f"|g| {float(grad_norm):.3f} {record['samples_per_s']:.2f} samples/s "
-                    f"{record['tokens_per_s']:.0f} tokens/s MFU {mfu} "
-                    f"mem {mem:.2f} GiB"
-                )
-            bucket_sum.zero_()
-            bucket_n.zero_()
-            window_time, window_samples, window_tokens, window_flops = 0.0, 0, 0, 0.0
+                bar.write(log_line(record))
         if metrics:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
         stop = args.stop_after is not None and step + 1 >= args.stop_after
         due = (step + 1) % t.checkpoint_every == 0 or step + 1 == t.steps or stop
         if due and not args.no_checkpoints:
-            save_checkpoint(ckpt_dir, step + 1, wrapper, optimizer, ema, config, d)
+            save_sharded_checkpoint(
+                ckpt_dir, step + 1, run.model, run.optimizer, run.ema, config, d
+            )
         if stop:
-            bar.close()
-            return
+            break
     bar.close()
-    if not args.no_export:
-        export_weights(args.out, wrapper, ema, d)
+    finished = args.stop_after is None or args.stop_after >= t.steps
+    if finished and not args.no_export:
+        export_weights(args.out, run.model, run.ema, d)
     if d.is_main:
-        print(f"done: {args.out}", flush=True)
+        print(f"{'done' if finished else 'stopped'}: {args.out}", flush=True)
         metrics.close()
 
 

@@ -6,14 +6,15 @@ import torch
 from cogvx_mini.experiments import (
     ABLATIONS,
     BUDGETS,
+    common,
     detrended_std,
     main,
+    registry,
     run,
     summary,
     track_residual,
     verdict,
 )
-from cogvx_mini.experiments import ablations as experiments
 
 
 def _check_schema(result: dict, arms: list[str]) -> None:
@@ -68,7 +69,7 @@ def test_unknown_names_fail_early():
         run("nope", "tiny")
     with pytest.raises(ValueError, match="expected a budget"):
         run("frame_pack", "huge")
-    assert set(experiments.RUNNERS) == set(ABLATIONS)
+    assert set(registry.RUNNERS) == set(ABLATIONS)
 
 
 def test_helpers():
@@ -103,8 +104,8 @@ def test_verdict_needs_a_gap_larger_than_the_spread():
 def test_latent_vae_does_not_depend_on_what_ran_before(monkeypatch):
     weights = []
     for state in (1, 2):
-        monkeypatch.setattr(experiments, "_LATENT_VAE", {})
+        monkeypatch.setattr(common, "_LATENT_VAE", {})
         torch.manual_seed(state)  # another ablation ran before: the global RNG moved on
-        vae, _ = experiments.latent_vae(BUDGETS["tiny"], "cpu", log=lambda s: None)
+        vae, _ = common.latent_vae(BUDGETS["tiny"], "cpu", log=lambda s: None)
         weights.append(torch.cat([p.flatten() for p in vae.parameters()]))
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)

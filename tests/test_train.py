@@ -5,14 +5,14 @@ from einops import rearrange
 
 from cogvx_mini.data.text_encoder import ToyTextEncoder
 from cogvx_mini.frame_pack import Bucket
+from cogvx_mini.training.overrides import parse_overrides
 from cogvx_mini.training.train import (
+    CHECKPOINT_NAME,
     EpochPlan,
     LatentClip,
     LatentDataset,
     NaNLossError,
     TrainConfig,
-    _lr,
-    _parse_overrides,
     cache_latents,
     toy_clips,
     train,
@@ -78,7 +78,7 @@ def test_resume_after_a_crash_gives_the_same_losses(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(tiny_model(), data, CFG, tmp_path / "cut", progress=False, on_step=crash)
-    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 5
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT_NAME)["step"] == 5
     resumed = train(tiny_model(), data, CFG, tmp_path / "cut", progress=False)
     assert resumed.step == full.step == 12
     assert resumed.losses == full.losses  # bit-for-bit, every step
@@ -106,7 +106,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
     with pytest.raises(NaNLossError, match="step 7.*last good checkpoint"):
         train(model, data, CFG, tmp_path, progress=False, on_step=poison)
-    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["step"] == 5 and len(state["losses"]) == 5
     assert all(torch.isfinite(torch.tensor(state["losses"])))
 
@@ -157,16 +157,49 @@ def test_cache_latents_packs_into_buckets_and_normalises(tmp_path):
 
 def test_lr_warms_up_then_decays_by_cosine_to_its_floor():
     cfg = TrainConfig(steps=100, lr=1e-3, warmup=10, final_lr_ratio=0.1)
-    lrs = [_lr(s, cfg) for s in range(cfg.steps)]
+    lr = cfg.lr_schedule()
+    lrs = [lr(s) for s in range(cfg.steps)]
     assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))  # never rises again
     assert lrs[55] == pytest.approx(0.55e-3, rel=0.02)  # half-way down the cosine
     assert lrs[-1] == pytest.approx(1e-4, rel=0.01)
 
 
-def test_model_overrides_parse_json_values():
-    got = _parse_overrides(["num_layers=8", "rope_base_grid=[8,8]", "attention=2d1d"])
+def test_model_overrides_parse_yaml_values():
+    got = parse_overrides(["num_layers=8", "rope_base_grid=[8,8]", "attention=2d1d"], "--model")
     assert got == {"num_layers": 8, "rope_base_grid": [8, 8], "attention": "2d1d"}
     assert TransformerConfig.mini(**got).rope_base_grid == (8, 8)
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        _parse_overrides(["num_layers"])
+        parse_overrides(["num_layers"], "--model")
+
+
+def test_one_override_syntax_checks_types_for_every_config():
+    from cogvx_mini.experiments import BUDGETS
+    from cogvx_mini.training.overrides import with_overrides
+
+    cfg = with_overrides(TrainConfig(), ["betas=[0.8, 0.9]", "lr=1e-3"])
+    assert cfg.betas == (0.8, 0.9) and cfg.lr == 1e-3
+    assert with_overrides(BUDGETS["tiny"], ["seeds=[3, 4]"]).seeds == (3, 4)
+    assert parse_overrides(["optim.lr=2e-4", "train.steps=5"]) == {
+        "optim": {"lr": 2e-4},
+        "train": {"steps": 5},
+    }
+    with pytest.raises(ValueError, match="betas: expected 2 values"):
+        with_overrides(TrainConfig(), ["betas=[0.9]"])
+    with pytest.raises(TypeError, match="steps: expected int, got 'x'"):
+        with_overrides(TrainConfig(), ["steps=x"])
+    with pytest.raises(ValueError, match="ema_decay: expected a value in"):
+        with_overrides(TrainConfig(), ["ema_decay=2"])
+
+
+def test_ema_exports_its_averages_into_a_copy_of_the_model():
+    from cogvx_mini.training.ema import EMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(step=100)  # decay 0.5: half-way to the new weights
+    averaged = ema.averaged_model(model)
+    torch.testing.assert_close(averaged.weight, model.weight - 0.5)
+    assert not averaged.weight.requires_grad and averaged is not model

@@ -1,3 +1,3 @@
-from cogvx_mini.experiments.ablations import main
+from cogvx_mini.experiments.registry import main
 
 main()

@@ -8,7 +8,8 @@ grouped in *buckets* of equal latent shape (a batch always comes from one bucket
 - :class:`ToyLatents` makes samples from ``cogvx_mini.data.toyworld`` without a VAE or T5: the
   video is average-pooled to the latent grid (first frame alone, then groups of 4 frames, 8x8
   pixels) and its RGB mapped to ``C`` channels by a fixed matrix; the caption goes through the
-  library's ``ToyTextEncoder``. Enough structure to learn from, cheap enough for tests on 2 CPU cores.
+  library's ``ToyTextEncoder``. Enough structure to learn from, cheap enough for tests on 2 CPU
+  cores.
 
 :class:`BatchPlan` decides everything random about a step from ``(seed, step)`` alone: the bucket,
 the global batch's sample indices, their timesteps (explicit uniform sampling: the timestep range
@@ -33,8 +34,12 @@ from cogvx_mini.timestep_sampling import batch_timesteps
 # Datasets
 
 
-class LatentDataset:
-    """Samples grouped by latent shape. Subclasses fill ``self.buckets`` and implement ``get``."""
+class LatentSource:
+    """Fixed latents grouped by latent shape, served by index. Subclasses fill ``self.buckets``
+    and implement ``get``.
+
+    Not the mini loop's :class:`cogvx_mini.training.train.LatentDataset`, which keeps each
+    clip's VAE posterior (mean and std) in memory and samples a new latent every step."""
 
     buckets: dict[tuple[int, ...], list[int]]
 
@@ -65,7 +70,7 @@ def pseudo_latents(video: torch.Tensor, channels: int) -> torch.Tensor:
     return torch.einsum("kc,tchw->kthw", mix, pooled)
 
 
-class ToyLatents(LatentDataset):
+class ToyLatents(LatentSource):
     """``samples`` toy-world scenes per bucket as pseudo-latents and ``ToyTextEncoder`` embeddings.
 
     ``buckets``: pixel shapes ``(frames, height, width)``; scene seeds differ between buckets.
@@ -98,7 +103,7 @@ class ToyLatents(LatentDataset):
         return lat, text
 
 
-class LatentCache(LatentDataset):
+class LatentCache(LatentSource):
     """The cache written by ``scale/precompute.py``: ``DIR/shard_*.safetensors`` + ``.jsonl``.
 
     Each index line is ``{"key", "caption", "latent_shape"}``; the shard holds ``latents/<key>``
@@ -165,7 +170,7 @@ class BatchPlan:
     """
 
     def __init__(
-        self, dataset: LatentDataset, global_batch: int, seed: int, num_timesteps: int = 1000
+        self, dataset: LatentSource, global_batch: int, seed: int, num_timesteps: int = 1000
     ):
         if global_batch > num_timesteps:
             raise ValueError(

@@ -10,13 +10,14 @@ world size and the model before any GPU memory is touched.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from cogvx_mini.training.overrides import apply_override, build_dataclass
+from cogvx_mini.training.schedule import LRSchedule
 
 PRESETS = ("mini", "cogvideox_2b", "cogvideox_5b")
 CONFIGS = Path(__file__).resolve().parent / "configs"  # tiny.yaml, cogvideox_2b.yaml, ...
@@ -109,6 +110,11 @@ class ScaleConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def lr_schedule(self) -> LRSchedule:
+        """Warm-up over ``optim.warmup_steps``, then ``optim.decay`` to ``optim.min_lr_ratio``."""
+        o = self.optim
+        return LRSchedule(o.lr, o.warmup_steps, self.train.steps, o.decay, o.min_lr_ratio)
+
     def transformer_config(self):
         """The ``cogvx_mini.transformer.TransformerConfig`` this config trains."""
         return build_transformer_config(self.model.preset, self.model.overrides)
@@ -131,74 +137,9 @@ def build_transformer_config(preset: str, overrides: dict[str, Any] | None = Non
     return dataclasses.replace(config, **overrides)
 
 
-def _check_type(value: Any, hint: Any, where: str) -> Any:
-    """Return ``value`` converted to ``hint`` where lossless (int -> float), else raise."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_type(value, inner, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise TypeError(f"{where}: expected a list, got {value!r}")
-        (inner,) = typing.get_args(hint)
-        return [_check_type(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
-        raise TypeError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: dict[str, Any], where: str):
-    if not isinstance(data, dict):
-        raise TypeError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(
-            f"{where or 'config'}: unknown keys {unknown}; expected some of {sorted(names)}"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{where}.{name}" if where else name
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, key)
-        else:
-            kwargs[name] = _check_type(value, hint, key)
-    return cls(**kwargs)
-
-
-def _apply_override(data: dict[str, Any], override: str) -> None:
-    """Apply ``section.key=value`` (value parsed as YAML) to the raw config mapping."""
-    if "=" not in override:
-        raise ValueError(f"expected an override of the form section.key=value, got {override!r}")
-    path, raw = override.split("=", 1)
-    keys = path.split(".")
-    node = data
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-    node[keys[-1]] = yaml.safe_load(raw)
-
-
 def config_from_dict(data: dict[str, Any]) -> ScaleConfig:
     """Build and validate a :class:`ScaleConfig` from a mapping (as read from YAML)."""
-    config = _build(ScaleConfig, data, "")
+    config = build_dataclass(ScaleConfig, data, "")
     validate(config)
     return config
 
@@ -213,7 +154,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> ScaleCo
         raise FileNotFoundError(f"no config at {path} (shipped configs by name: {shipped})")
     data = yaml.safe_load(path.read_text()) or {}
     for override in overrides or []:
-        _apply_override(data, override)
+        apply_override(data, override)
     return config_from_dict(data)
 
 
@@ -243,10 +184,13 @@ def validate(config: ScaleConfig) -> None:
         "train.log_every": t.log_every,
         "train.checkpoint_every": t.checkpoint_every,
         "data.text_length": d.text_length,
+        "data.toy_samples": d.toy_samples,
+        "train.keep_checkpoints": t.keep_checkpoints,
     }
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key}: expected a positive integer, got {value}")
+    _validate_optim(o)
     if not d.buckets:
         raise ValueError("data.buckets: expected at least one [frames, height, width]")
     for i, bucket in enumerate(d.buckets):
@@ -258,6 +202,22 @@ def validate(config: ScaleConfig) -> None:
                 f"data.buckets[{i}]: expected height and width divisible by 16 (VAE 8 x patch 2),"
                 f" got {bucket[1]} x {bucket[2]}"
             )
+
+
+def _validate_optim(o: OptimSection) -> None:
+    unit = {
+        "optim.ema_decay": (o.ema_decay, "[0, 1)", 0 <= o.ema_decay < 1),
+        "optim.min_lr_ratio": (o.min_lr_ratio, "[0, 1]", 0 <= o.min_lr_ratio <= 1),
+        "optim.lr": (o.lr, "(0, inf)", o.lr > 0),
+        "optim.eps": (o.eps, "(0, inf)", o.eps > 0),
+        "optim.grad_clip": (o.grad_clip, "(0, inf)", o.grad_clip > 0),
+        "optim.warmup_steps": (o.warmup_steps, "[0, inf)", o.warmup_steps >= 0),
+    }
+    for key, (value, interval, ok) in unit.items():
+        if not ok:
+            raise ValueError(f"{key}: expected a value in {interval}, got {value}")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        raise ValueError(f"optim.betas: expected two values in [0, 1), got {o.betas}")
 
 
 def video_tokens(bucket: list[int] | tuple[int, int, int], patch_size: int = 2) -> int:

@@ -11,19 +11,24 @@ What happens, in CogVideoX's order [@yang2024cogvideox]:
    ``mean + std * noise`` each step, scaled by the latent scale. The text is encoded once too.
 3. **v-prediction loss** at timesteps from **explicit uniform sampling** across the batch, with
    captions dropped to the empty prompt 10% of the time (for classifier-free guidance).
-4. **AdamW**, linear warm-up, gradient clipping, and an **EMA** of the weights (what ships).
-5. A **tqdm** bar, the loss per timestep bucket, **atomic checkpoints** that resume exactly, and
-   a NaN loss that stops training while the last good checkpoint stays in place.
+4. **AdamW**, warm-up then cosine decay, gradient clipping, and an **EMA** of the weights (what
+   ships): the step of ``cogvx_mini.training.step``, shared with every other loop.
+5. A **tqdm** bar, the loss per timestep bucket, **atomic checkpoints** (safetensors + JSON, no
+   pickle) that resume exactly, a save on Ctrl-C / SIGTERM, and a non-finite loss that stops
+   training while the last good checkpoint stays in place.
+
+``train()`` reads as the recipe: ``sample_batch`` -> ``train_step`` -> ``maybe_save``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
 import dataclasses
 import json
-import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,12 +38,28 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cogvx_mini.diffusion import NoiseSchedule, add_noise, v_loss, v_target
+from cogvx_mini.diffusion import NoiseSchedule
 from cogvx_mini.frame_pack import Bucket, bucket_batches, pack_to_bucket
 from cogvx_mini.timestep_sampling import TimestepLossTracker, batch_timesteps
+from cogvx_mini.training.ema import EMA
+from cogvx_mini.training.objective import DiffusionBatch, Objective
+from cogvx_mini.training.overrides import parse_overrides
+from cogvx_mini.training.schedule import LRSchedule
+from cogvx_mini.training.step import NonFiniteLossError, train_step
 from cogvx_mini.weights.assets import ASSETS
-from cogvx_mini.weights.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from cogvx_mini.weights.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    remove_stale_temporaries,
+    save_checkpoint,
+    save_weights,
+    sha256_of,
+    weights_metadata,
+)
 from cogvx_mini.weights.mini import WEIGHTS_NAME, read_mini_weights
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+CACHE_NAME = "latents.safetensors"
 
 
 @dataclass
@@ -62,8 +83,23 @@ class TrainConfig:
     checkpoint_every: int = 250
     tracker_buckets: int = 10
 
+    def __post_init__(self) -> None:
+        positive = ("steps", "batch_size", "timestep_strata", "tracker_buckets", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: expected a value in [0, 1), got {self.ema_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas: expected two values in [0, 1), got {self.betas}")
+        self.lr_schedule()  # validates lr, warmup and final_lr_ratio
+
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(snr_shift_scale=self.snr_shift_scale)
+
+    def lr_schedule(self) -> LRSchedule:
+        """Linear warm-up, then a cosine decay to ``final_lr_ratio · lr`` at the last step."""
+        return LRSchedule(self.lr, self.warmup, self.steps, "cosine", self.final_lr_ratio)
 
 
 @dataclass
@@ -79,7 +115,12 @@ class LatentClip:
 
 @dataclass
 class LatentDataset:
-    """Cached latents, grouped by bucket, with the empty prompt's embedding for CFG dropout."""
+    """Cached posteriors of the frozen VAE (sampled anew each step), grouped by bucket, with the
+    empty prompt's embedding for CFG dropout. ``meta`` says what made it (the cache key).
+
+    Not ``scale/``'s :class:`~cogvx_mini.training.latent_cache.LatentSource`, which serves
+    fixed latents from disk shards through a :class:`~cogvx_mini.training.latent_cache.BatchPlan`.
+    """
 
     clips: list[LatentClip]
     empty_text: torch.Tensor  # [L, D]
@@ -88,6 +129,23 @@ class LatentDataset:
 
     def shapes(self) -> list[tuple[int, int, int]]:
         return [(c.bucket.frames, c.bucket.height, c.bucket.width) for c in self.clips]
+
+    def state_dict(self) -> dict:
+        """Tensors and JSON values only (for :func:`save_checkpoint`; no pickle)."""
+        clips = [
+            dataclasses.asdict(c) | {"bucket": dataclasses.astuple(c.bucket)} for c in self.clips
+        ]
+        return {
+            "clips": clips,
+            "empty_text": self.empty_text,
+            "latent_scale": self.latent_scale,
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> LatentDataset:
+        clips = [LatentClip(**(c | {"bucket": Bucket(*c["bucket"])})) for c in state["clips"]]
+        return cls(clips, state["empty_text"], state["latent_scale"], state["meta"])
 
 
 def toy_clips(
@@ -162,44 +220,6 @@ def cache_latents(
     return LatentDataset(out, text_encoder.encode([""])[0], latent_scale)
 
 
-class EMA:
-    """Exponential moving average of a model's parameters (and a copy of its buffers)."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        # Warm-up of the decay so early averages are not dominated by the random init.
-        d = min(self.decay, (1 + step) / (10 + step))
-        for ema_p, p in zip(self.model.parameters(), model.parameters(), strict=True):
-            ema_p.lerp_(p.detach(), 1 - d)
-
-
-class NaNLossError(RuntimeError):
-    """Training stopped on a non-finite loss; the last good checkpoint was kept."""
-
-
-@dataclass
-class TrainResult:
-    losses: list[float]
-    tracker: TimestepLossTracker
-    model: nn.Module
-    ema: nn.Module
-    step: int
-    seconds: float
-
-
-def _lr(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then a cosine decay to ``final_lr_ratio · lr`` at the last step."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(cfg.steps - cfg.warmup, 1))
-    floor = cfg.final_lr_ratio
-    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 class EpochPlan:
     """Which clips form the batch of each global step: every epoch is a seeded reshuffle of
     the bucket batches, so the batch of any step is known without replaying earlier ones."""
@@ -220,11 +240,148 @@ class EpochPlan:
         return self._batches[index]
 
 
+class NaNLossError(NonFiniteLossError):
+    """Training stopped on a non-finite loss; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]
+    tracker: TimestepLossTracker
+    model: nn.Module
+    ema: nn.Module
+    step: int
+    seconds: float
+    latent_scale: float = 1.0
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM (after a checkpoint)
+
+
+@dataclass
+class RunState:
+    """Everything a resumed run needs: the model, optimiser, EMA, tracker and RNG, the losses
+    so far and the step count. ``state_dict()`` holds tensors and JSON values only."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    tracker: TimestepLossTracker
+    generator: torch.Generator
+    losses: list[float] = field(default_factory=list)
+    step: int = 0
+
+    @classmethod
+    def start(cls, model: nn.Module, cfg: TrainConfig) -> RunState:
+        opt = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        tracker = TimestepLossTracker(cfg.schedule().num_train_timesteps, cfg.tracker_buckets)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        return cls(model, opt, EMA(model, cfg.ema_decay), tracker, gen)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "tracker": self.tracker.state_dict(),
+            "generator": self.generator.get_state(),
+            "losses": self.losses,
+            "step": self.step,
+        }
+
+    def load_state_dict(self, state: dict, where: Path) -> None:
+        check_same_model(self.model, state["model"], where)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.tracker.load_state_dict(state["tracker"])
+        self.generator.set_state(state["generator"])
+        self.losses, self.step = list(state["losses"]), state["step"]
+
+
+def check_same_model(model: nn.Module, state: dict[str, torch.Tensor], where: Path) -> None:
+    """Raise ``ValueError`` naming the differences if ``state`` is of another architecture."""
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state.items()}
+    if ours != theirs:
+        diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        shown = ", ".join(
+            f"{k}: checkpoint {theirs.get(k)} vs model {ours.get(k)}" for k in diff[:4]
+        )
+        raise ValueError(
+            f"checkpoint {where} holds another model ({len(diff)} tensors differ: {shown}); "
+            "use a new --out folder or the model settings it was started with"
+        )
+
+
+def resume_from(run: RunState, cfg: TrainConfig, path: Path) -> None:
+    """Continue from ``path`` if it exists (the same config and model, else ``ValueError``)."""
+    remove_stale_temporaries(path)  # left by a save that was killed
+    if not path.is_file():
+        return
+    state = load_checkpoint(path)
+    if state["config"] != dataclasses.asdict(cfg):
+        changed = sorted(
+            k for k, v in dataclasses.asdict(cfg).items() if state["config"].get(k) != v
+        )
+        raise ValueError(
+            f"checkpoint {path} was written with another TrainConfig (changed: {changed}); "
+            "use a new --out folder or the same settings"
+        )
+    run.load_state_dict(state, path)
+
+
+def sample_batch(
+    dataset: LatentDataset, plan: EpochPlan, step: int, cfg: TrainConfig, gen: torch.Generator
+) -> DiffusionBatch:
+    """The batch of ``step`` (on the CPU): posterior samples scaled to unit variance, captions
+    dropped to the empty prompt with probability ``cfg.cfg_dropout``, stratified timesteps."""
+    _, idx = plan.batch(step)
+    clips = [dataset.clips[i] for i in idx]
+    b = len(clips)
+    mean = torch.stack([c.mean for c in clips])
+    std = torch.stack([c.std for c in clips])
+    x0 = (mean + std * torch.randn(mean.shape, generator=gen)) * dataset.latent_scale
+    text = torch.stack([c.text for c in clips])
+    drop = torch.rand(b, generator=gen) < cfg.cfg_dropout
+    text = torch.where(drop[:, None, None], dataset.empty_text.expand_as(text), text)
+    t = batch_timesteps(b, min(cfg.timestep_strata, b), cfg.schedule().num_train_timesteps, gen)
+    return DiffusionBatch(x0, torch.randn(x0.shape, generator=gen), text, t)
+
+
+class StopRequest:
+    """Turns Ctrl-C (SIGINT) and SIGTERM into a flag the loop checks after each step, so the
+    run saves a checkpoint and then stops, instead of dying mid-step (a second Ctrl-C stops
+    at once)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _request(self, signum, frame) -> None:
+        if self.requested:  # asked twice: stop now, without the checkpoint
+            raise KeyboardInterrupt
+        self.requested = True
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in old:
+            signal.signal(s, self._request)
+        try:
+            yield self
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+
 def train(
     model: nn.Module,
     dataset: LatentDataset,
     cfg: TrainConfig,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     *,
     resume: bool = True,
     stop_at: int | None = None,
@@ -234,105 +391,83 @@ def train(
 ) -> TrainResult:
     """Train ``model`` (``forward(latents, text, timesteps) -> v``) on ``dataset``.
 
-        Checkpoints go to ``out_dir/checkpoint.pt`` every ``cfg.checkpoint_every`` steps and at the
-        end; with ``resume`` an existing checkpoint is continued exactly (same losses as an
-        uninterrupted run). ``stop_at`` ends early at that step (to test resuming), ``max_seconds``
-    after that much time (with a checkpoint); ``on_step(step, loss)`` is called after each step. A
-    non-finite loss
-        raises :class:`NaNLossError` without touching the last checkpoint.
+    Checkpoints go to ``out_dir/checkpoint.safetensors`` every ``cfg.checkpoint_every`` steps,
+    at the end and on Ctrl-C / SIGTERM (``out_dir=None``: none); an existing checkpoint is
+    continued exactly (same losses as an uninterrupted run) unless ``resume`` is off.
+    ``stop_at`` ends early at that step, ``max_seconds`` after that much time (both saved);
+    ``on_step(step, loss)`` runs after each step. A non-finite loss raises
+    :class:`NaNLossError` before the weights change, without touching the last checkpoint.
     """
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / "checkpoint.pt"
-    schedule = cfg.schedule()
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-    )
-    ema = EMA(model, cfg.ema_decay)
-    tracker = TimestepLossTracker(schedule.num_train_timesteps, cfg.tracker_buckets)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    losses: list[float] = []
-    step = 0
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        if state["config"] != dataclasses.asdict(cfg):
-            raise ValueError(
-                f"checkpoint {ckpt_path} was written with another TrainConfig; "
-                "use a new --out folder or the same settings"
-            )
-        model.load_state_dict(state["model"])
-        ema.model.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        tracker.load_state_dict(state["tracker"])
-        gen.set_state(state["generator"])
-        losses, step = state["losses"], state["step"]
-
-    def save() -> None:
-        save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "ema": ema.model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "tracker": tracker.state_dict(),
-                "generator": gen.get_state(),
-                "losses": losses,
-                "step": step,
-                "config": dataclasses.asdict(cfg),
-                "latent_scale": dataset.latent_scale,
-            },
-            ckpt_path,
-        )
-
+    ckpt = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    run, objective, lr = RunState.start(model, cfg), Objective(cfg.schedule()), cfg.lr_schedule()
+    if ckpt is not None and resume:
+        resume_from(run, cfg, ckpt)
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-    # Random numbers come from one CPU generator (so a resumed run repeats them exactly); the
-    # batch then moves to wherever the model is.
-    device = next(model.parameters()).device
-    start_time = time.perf_counter()
-    plan = EpochPlan(dataset, cfg.batch_size, cfg.seed)
+    device = next(model.parameters()).device  # batches are drawn on the CPU, then moved
+    plan, start, stop = EpochPlan(dataset, cfg.batch_size, cfg.seed), time.perf_counter(), False
     model.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="training", disable=not progress)
-    while step < end:
-        bucket, idx = plan.batch(step)
-        clips = [dataset.clips[i] for i in idx]
-        b = len(clips)
-        mean = torch.stack([c.mean for c in clips])
-        std = torch.stack([c.std for c in clips])
-        x0 = (mean + std * torch.randn(mean.shape, generator=gen)) * dataset.latent_scale
-        text = torch.stack([c.text for c in clips])
-        drop = torch.rand(b, generator=gen) < cfg.cfg_dropout
-        text = torch.where(drop[:, None, None], dataset.empty_text.expand_as(text), text)
-        t = batch_timesteps(b, min(cfg.timestep_strata, b), schedule.num_train_timesteps, gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        x0, noise, text, t_dev = (x.to(device) for x in (x0, noise, text, t))
-        x_t = add_noise(schedule, x0, noise, t_dev)
-        target = v_target(schedule, x0, noise, t_dev)
-        per_sample = v_loss(model(x_t, text, t_dev), target, reduce=False)
-        loss = per_sample.mean()
-        if not torch.isfinite(loss):
-            bar.close()
-            kept = f"; the last good checkpoint is {ckpt_path}" if ckpt_path.is_file() else ""
-            raise NaNLossError(f"non-finite loss {loss.item()} at step {step}{kept}")
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update(model, step)
-        tracker.update(t, per_sample.detach().cpu())
-        losses.append(loss.item())
-        step += 1
-        bar.update(1)
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-25:]) / 25:.4f}")
-        if on_step is not None:
-            on_step(step, losses[-1])
-        out_of_time = max_seconds is not None and time.perf_counter() - start_time > max_seconds
-        if step % cfg.checkpoint_every == 0 or step == end or out_of_time:
-            save()
-        if out_of_time:
-            break
+    bar = tqdm(total=cfg.steps, initial=run.step, desc="training", disable=not progress)
+    with StopRequest().installed() as signals:
+        while run.step < end and not stop:
+            batch = sample_batch(dataset, plan, run.step, cfg, run.generator).to(device)
+            per_sample = guarded_step(run, objective, batch, lr(run.step), cfg, ckpt, bar)
+            record_step(run, batch.timesteps, per_sample, bar, on_step)
+            out_of_time = max_seconds is not None and time.perf_counter() - start > max_seconds
+            stop = out_of_time or signals.requested
+            maybe_save(run, cfg, dataset, ckpt, force=stop or run.step == end)
     bar.close()
-    return TrainResult(losses, tracker, model, ema.model, step, time.perf_counter() - start_time)
+    ema, seconds = run.ema.averaged_model(model), time.perf_counter() - start
+    result = TrainResult(run.losses, run.tracker, model, ema, run.step, seconds)
+    return dataclasses.replace(
+        result, latent_scale=dataset.latent_scale, interrupted=signals.requested
+    )
+
+
+def guarded_step(
+    run: RunState,
+    objective: Objective,
+    batch: DiffusionBatch,
+    lr: float,
+    cfg: TrainConfig,
+    ckpt: Path | None,
+    bar,
+) -> torch.Tensor:
+    """:func:`train_step`; a non-finite loss names the last good checkpoint (left in place)."""
+    try:
+        return train_step(
+            run.model, objective, batch, run.optimizer, lr, cfg.grad_clip, run.step, run.ema
+        )
+    except NonFiniteLossError as err:
+        bar.close()
+        kept = f"; the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() else ""
+        raise NaNLossError(f"{err}{kept}") from None
+
+
+def record_step(run: RunState, timesteps, per_sample, bar, on_step) -> None:
+    """Count the step: losses, the per-timestep tracker, the progress bar, the callback."""
+    run.tracker.update(timesteps.cpu(), per_sample.cpu())
+    run.losses.append(per_sample.mean().item())
+    run.step += 1
+    bar.update(1)
+    if run.step % 25 == 0:
+        bar.set_postfix(loss=f"{sum(run.losses[-25:]) / 25:.4f}")
+    if on_step is not None:
+        on_step(run.step, run.losses[-1])
+
+
+def maybe_save(
+    run: RunState, cfg: TrainConfig, dataset: LatentDataset, path: Path | None, force: bool
+) -> None:
+    """Write the checkpoint every ``cfg.checkpoint_every`` steps (or when ``force``)."""
+    if path is not None and (force or run.step % cfg.checkpoint_every == 0):
+        state = run.state_dict() | {"config": dataclasses.asdict(cfg)}
+        save_checkpoint(state | {"latent_scale": dataset.latent_scale}, path)
+
+
+def cache_key(clips: int, lengths: Sequence[int], vae_weights: Path | None) -> dict:
+    """What a latent cache depends on: the clips, their lengths, the VAE file's digest."""
+    vae_file = Path(vae_weights) if vae_weights is not None else ASSETS / "vae_mini.safetensors"
+    return {"clips": clips, "lengths": list(lengths), "vae_sha256": sha256_of(vae_file)}
 
 
 def build_mini_dataset(
@@ -354,9 +489,30 @@ def build_mini_dataset(
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+def cached_dataset(out: Path, key: dict, build: Callable[[], LatentDataset]) -> LatentDataset:
+    """``out/latents.safetensors`` if it was made from ``key``, else ``build()`` (and cache it).
 
+    A cache of other clips or another VAE is rebuilt, unless a checkpoint in ``out`` was trained
+    on it: then the run is refused (its resumed half would train on other data)."""
+    path = out / CACHE_NAME
+    remove_stale_temporaries(path)
+    if path.is_file():
+        dataset = LatentDataset.from_state_dict(load_checkpoint(path))
+        if dataset.meta.get("key") == key:
+            return dataset
+        if (out / CHECKPOINT_NAME).is_file():
+            raise SystemExit(
+                f"error: {path} was made from {dataset.meta.get('key')}, not {key}, and "
+                f"{out / CHECKPOINT_NAME} trained on it: use a new --out folder"
+            )
+        print(f"{path} was made from other clips or another VAE: encoding again")
+    dataset = build()
+    dataset.meta["key"] = key
+    save_checkpoint(dataset.state_dict(), path)
+    return dataset
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train the mini text-to-video transformer.")
     parser.add_argument("--out", type=Path, default=Path("runs/mini"))
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
@@ -379,68 +535,122 @@ def main(argv: list[str] | None = None) -> None:
         "--init-from",
         type=Path,
         default=None,
-        help="start from these transformer weights (and their config) instead of a random init",
+        help="start from these transformer weights (and their config)",
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    # TF32 matmuls on GPUs that have them: the mini model trains in float32.
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    model_cfg = TransformerConfig.mini(**_parse_overrides(args.model))
+    if args.clips < 1:
+        parser.error(f"--clips: expected a positive integer, got {args.clips}")
+    if args.init_from is not None and args.model:
+        parser.error("--init-from takes the config stored with the weights; drop --model")
+    return args
+
+
+def build_model(args: argparse.Namespace, seed: int):
+    """The transformer to train: ``--model`` overrides on ``mini()``, or ``--init-from``."""
+    from cogvx_mini.training.scale_config import build_transformer_config
+    from cogvx_mini.transformer import CogVideoXTransformer
+
+    model_cfg = build_transformer_config("mini", parse_overrides(args.model, "--model"))
     init_state = None
     if args.init_from is not None:
-        if args.model:
-            raise SystemExit("--init-from takes the config stored with the weights; drop --model")
         model_cfg, init_state, _ = read_mini_weights(args.init_from)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    start = time.perf_counter()
-    cache = args.out / "latents.pt"
-    if cache.is_file():
-        dataset = torch.load(cache, weights_only=False)
-    else:
-        dataset = build_mini_dataset(args.clips, vae_weights=args.vae_weights, device=args.device)
-        save_checkpoint(dataset, cache)
-    print(
-        f"{len(dataset.clips)} clips cached (latent scale {dataset.latent_scale:.3f}) "
-        f"in {time.perf_counter() - start:.0f} s"
-    )
-
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(seed)
     model = CogVideoXTransformer(model_cfg)
     if init_state is not None:
         model.load_state_dict(init_state)  # float16 files are cast to the model's float32
-    model.to(args.device)
-    parameters = sum(p.numel() for p in model.parameters())
-    print(f"model: {parameters / 1e6:.2f} M parameters")
-    max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
-    result = train(model, dataset, cfg, args.out, max_seconds=max_seconds)
-    ema, steps = result.ema, result.step
-    if steps < cfg.steps:
-        print(f"stopped at the time limit after step {steps}; run again to continue")
+    return model.to(args.device), model_cfg
+
+
+def ship(weights: Path, target: Path, finished: bool, log: Callable[[str], None] = print) -> bool:
+    """Copy a finished run's ``weights`` over ``target`` atomically, saying what is replaced.
+
+    A run that stopped early (time limit, Ctrl-C) is not shipped: returns ``False``."""
+    new = weights_metadata(weights)
+    if not finished:
+        log(f"not shipped: the run stopped after step {new.get('steps')}; run it to the end")
+        return False
+    if target.is_file():
+        old = weights_metadata(target)
+        for k in ("steps", "transformer_config", "init_from"):
+            if old.get(k) != new.get(k):
+                log(f"  {k}: {old.get(k)} -> {new.get(k)}")
+        log(f"replacing {target} (trained {old.get('steps')} steps) by {weights}")
+    save_weights(load_weights(weights), target, metadata=new)
+    log(f"shipped: {target}")
+    return True
+
+
+def export_ema(result: TrainResult, out: Path, model_cfg, cfg: TrainConfig, args) -> Path:
+    """The EMA weights in float16 (half the file; loading casts back to float32) with metadata."""
     meta = {
         "transformer_config": json.dumps(dataclasses.asdict(model_cfg)),
         "snr_shift_scale": str(cfg.snr_shift_scale),
-        "latent_scale": str(dataset.latent_scale),
-        "steps": str(steps),
+        "latent_scale": str(result.latent_scale),
+        "steps": str(result.step),
         "init_from": str(args.init_from or ""),
     }
-    # float16 on disk halves the shipped file; loading casts back to the model's float32.
-    state = {k: v.half() if v.is_floating_point() else v for k, v in ema.state_dict().items()}
-    weights = save_weights(state, args.out / WEIGHTS_NAME, metadata=meta)
-    print(f"EMA weights after {steps} steps: {weights} ({time.perf_counter() - start:.0f} s)")
+    sd = result.ema.state_dict()
+    state = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+    return save_weights(state, out / WEIGHTS_NAME, metadata=meta)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr)
+        model, model_cfg = build_model(args, cfg.seed)  # --model overrides checked by name
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    torch.set_num_threads(args.threads)
+    # TF32 matmuls on GPUs that have them: the mini model trains in float32.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    args.out.mkdir(parents=True, exist_ok=True)
+    for old in ("checkpoint.pt", "latents.pt"):  # pickles of earlier versions: never loaded
+        if (args.out / old).is_file():
+            print(f"ignoring {args.out / old} (an older pickle format, not loaded)")
+    start = time.perf_counter()
+    lengths = (9, 13, 17, 21)
+    key = cache_key(args.clips, lengths, args.vae_weights)
+    dataset = cached_dataset(
+        args.out,
+        key,
+        lambda: build_mini_dataset(
+            args.clips, lengths=lengths, vae_weights=args.vae_weights, device=args.device
+        ),
+    )
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    print(
+        f"{len(dataset.clips)} clips cached (latent scale {dataset.latent_scale:.3f}); "
+        f"model: {millions:.2f} M parameters"
+    )
+    max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
+    try:
+        result = train(model, dataset, cfg, args.out, max_seconds=max_seconds)
+    except (ValueError, NonFiniteLossError) as err:  # other settings, another model, a NaN
+        raise SystemExit(f"error: {err}") from None
+    weights = export_ema(result, args.out, model_cfg, cfg, args)
+    print(f"EMA weights after {result.step} steps: {weights} ({time.perf_counter() - start:.0f} s)")
+    write_log(args, result, dataset, model_cfg, cfg, time.perf_counter() - start)
+    if result.step < cfg.steps:
+        why = "interrupted" if result.interrupted else "stopped at the time limit"
+        print(f"{why} after step {result.step} (saved); run again to continue")
     if args.ship:
-        shipped = save_weights(state, ASSETS / WEIGHTS_NAME, metadata=meta)
-        print(f"shipped: {shipped}")
+        ship(weights, ASSETS / WEIGHTS_NAME, finished=result.step == cfg.steps)
+    if result.interrupted:
+        raise SystemExit(130)
+
+
+def write_log(args, result: TrainResult, dataset, model_cfg, cfg, seconds: float) -> None:
+    """``train_log.json``: the run's settings, loss curve and loss per timestep bucket."""
     log = {
         "model": dataclasses.asdict(model_cfg),
         "init_from": str(args.init_from or ""),
-        "parameters": parameters,
-        "steps": steps,
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "steps": result.step,
         "batch_size": cfg.batch_size,
         "clips": len(dataset.clips),
         "buckets": sorted({str(c.bucket) for c in dataset.clips}),
-        "minutes": round((time.perf_counter() - start) / 60, 1),
+        "minutes": round(seconds / 60, 1),
         "threads": args.threads,
         "device": args.device,
         "losses": [round(x, 5) for x in result.losses],
@@ -448,27 +658,8 @@ def main(argv: list[str] | None = None) -> None:
         "tracker_means": [round(float(x), 5) for x in result.tracker.means()],
     }
     (args.out / "train_log.json").write_text(json.dumps(log) + "\n")
-    print(f"mean loss of the last 100 steps: {_tail_mean(args.out):.4f}; log: train_log.json")
-
-
-def _parse_overrides(pairs: list[str]) -> dict:
-    """``["num_layers=8", "rope_base_grid=[8,8]"]`` -> ``{"num_layers": 8, ...}`` (JSON values;
-    a value that is not JSON stays a string)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"expected KEY=VALUE for --model, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def _tail_mean(out: Path) -> float:
-    losses = load_checkpoint(out / "checkpoint.pt")["losses"]
-    return sum(losses[-100:]) / max(1, len(losses[-100:])) if losses else math.nan
+    tail = result.losses[-100:]
+    print(f"mean loss of the last 100 steps: {sum(tail) / max(1, len(tail)):.4f}")
 
 
 if __name__ == "__main__":
