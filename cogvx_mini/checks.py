@@ -83,6 +83,35 @@ def writable_folder(name: str, folder: str | Path) -> Path:
     return folder
 
 
+def path_inside(where: str, folder: Path, name: str) -> Path:
+    """``folder / name`` for a relative ``name`` without ``..``: a data list may not name files
+    outside its folder. ``where`` (``file:line``) leads the message."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ValueError(
+            f"{where}: expected a path inside {folder}, got {name!r}: a data list may not name "
+            "files outside its folder"
+        )
+    return folder / name
+
+
+def read_jsonl(path: Path) -> list[tuple[str, object]]:
+    """``(where, value)`` for each non-blank line of a JSON-lines file (``where`` is
+    ``path:line``); a malformed line raises ``ValueError`` naming the file and the line."""
+    import json
+
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{path}:{number}: expected one JSON value per line, got {line[:80]!r} "
+                    f"({err.msg})"
+                ) from None
+    return rows
+
+
 def cli_type(check: Callable, convert: type = int, **kwargs) -> Callable[[str], object]:
     """An ``argparse`` ``type=`` that converts the text with ``convert`` then applies ``check``."""
 

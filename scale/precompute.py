@@ -39,7 +39,14 @@ from pathlib import Path
 
 import torch
 
-from cogvx_mini.checks import cli_type, integer, positive_int, writable_folder
+from cogvx_mini.checks import (
+    cli_type,
+    integer,
+    path_inside,
+    positive_int,
+    read_jsonl,
+    writable_folder,
+)
 from cogvx_mini.data.cache_index import (
     check_manifest,
     file_identity,
@@ -66,19 +73,7 @@ class Item:
 def _caption_rows(folder: Path) -> list[tuple[str, object]]:
     """``(where, row)`` for every row of the caption list; ``where`` is ``file:line``."""
     if (folder / "captions.jsonl").is_file():
-        source = folder / "captions.jsonl"
-        rows = []
-        for number, line in enumerate(source.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{source}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{source}:{number}: expected one JSON object per line, got {line[:80]!r} "
-                    f"({err.msg})"
-                ) from None
-        return rows
+        return read_jsonl(folder / "captions.jsonl")
     if (folder / "captions.csv").is_file():
         source = folder / "captions.csv"
         with open(source, newline="") as f:
@@ -95,12 +90,7 @@ def _item(folder: Path, where: str, row: object) -> Item | None:
     caption = row.get("caption") or row.get("text") or row.get("prompt")
     if not isinstance(name, str) or not name or not isinstance(caption, str):
         raise ValueError(f"{where}: expected a 'file' and a 'caption' string, got {row}")
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise ValueError(
-            f"{where}: expected a video path inside {folder}, got {name!r}: caption lists may "
-            "not name files outside the data folder"
-        )
-    path = folder / name
+    path = path_inside(where, folder, name)
     if path.suffix.lower() not in VIDEO_SUFFIXES or not path.is_file():
         return None
     return Item(path, caption, file_identity(path, folder))
@@ -203,7 +193,8 @@ def precompute(
     progress: bool = True,
 ) -> dict[str, int]:
     """Encode this rank's share of the ``items`` not yet cached in ``out``; returns counts
-    ``{"encoded", "already_done", "unreadable"}`` for this rank (``already_done``: encoded or known unreadable, all ranks).
+    ``{"encoded", "already_done", "unreadable"}`` for this rank (``already_done``, of all
+    ranks: encoded or known unreadable by earlier runs).
 
     Items are keyed by identity (path in the data folder, size, mtime): a rerun encodes new or
     changed videos only, into new shards ``r, r + w, ...`` of the pending ones for rank ``r``.
