@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import math
 import numbers
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,12 +73,19 @@ def output_file(name: str, path: str | Path, suffixes: tuple[str, ...]) -> Path:
 
 
 def writable_folder(name: str, folder: str | Path) -> Path:
-    """A folder that exists and is writable, or can be created (its nearest parent is)."""
+    """``folder``, created if missing, once a probe file could be written there (``os.access``
+    says yes to root everywhere, even in ``/proc``)."""
+    import tempfile
+
     folder = Path(folder)
-    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        what = "a file, not a folder" if not existing.is_dir() else "not writable"
-        raise ValueError(f"{name}: expected a writable folder, got {folder} ({existing} is {what})")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"{name}: expected a writable folder, got {folder} ({err.strerror or err})"
+        ) from None
     return folder
 
 
