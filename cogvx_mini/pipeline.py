@@ -133,6 +133,8 @@ def generate(
 def _check_generate_args(prompts, negative_prompt, pipe, frames, height, width, steps) -> list:
     """The prompts and the video size of :func:`generate`, checked before any text is encoded."""
     prompts = prompt_list("prompts", prompts)
+    if not isinstance(pipe, Pipeline):
+        raise TypeError(f"pipe: expected a Pipeline (load_mini()), got {type(pipe).__name__}")
     if not isinstance(negative_prompt, str):
         raise TypeError(f"negative_prompt: expected a string, got {type(negative_prompt).__name__}")
     positive_int("frames", frames)

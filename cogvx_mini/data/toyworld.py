@@ -290,6 +290,30 @@ def _present_frames(labels: torch.Tensor, index: int, min_area: float) -> torch.
     return (labels == index).flatten(1).sum(1) >= min_area
 
 
+def _one_video(video: torch.Tensor) -> torch.Tensor:
+    """``video`` as ``[3, T, H, W]`` (a batch of one is unwrapped), or a clear error."""
+    if not isinstance(video, torch.Tensor):
+        raise TypeError(f"video: expected a tensor [3, T, H, W], got {type(video).__name__}")
+    if video.ndim == 5 and video.shape[0] == 1:
+        video = video[0]
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"expected a video [3, T, H, W], got {tuple(video.shape)}")
+    return video
+
+
+def _moves_along(times: list[float], track: list, direction: str, side: int) -> bool:
+    """Whether the least-squares motion of ``track`` (``(y, x)`` pixels at clip ``times``) goes
+    along ``direction`` over at least 40% of the expected travel, and mostly along it."""
+    tt = torch.tensor(times)
+    points = torch.tensor(track)  # [n, 2] (y, x) in pixels
+    tc = tt - tt.mean()
+    slope = (tc[:, None] * (points - points.mean(0))).sum(0) / tc.pow(2).sum().clamp(min=1e-9)
+    ey, ex = DIRECTIONS[direction]
+    along = float(slope[0] * ey + slope[1] * ex)
+    across = float(abs(slope[0] * ex - slope[1] * ey))
+    return along >= 0.4 * TRAVEL * side and across <= 0.5 * along
+
+
 def judge_details(video: torch.Tensor, caption: str) -> Verdict:
     """Read the captioned objects back from ``video`` ``[3, T, H, W]`` (or ``[1, 3, T, H, W]``).
 
@@ -299,12 +323,7 @@ def judge_details(video: torch.Tensor, caption: str) -> Verdict:
     :func:`_shape_of`); **direction** (least-squares centroid motion along the captioned
     direction over at least 40% of the expected travel, and mostly along it).
     """
-    if not isinstance(video, torch.Tensor):
-        raise TypeError(f"video: expected a tensor [3, T, H, W], got {type(video).__name__}")
-    if video.ndim == 5 and video.shape[0] == 1:
-        video = video[0]
-    if video.ndim != 4 or video.shape[0] != 3:
-        raise ValueError(f"expected a video [3, T, H, W], got {tuple(video.shape)}")
+    video = _one_video(video)
     _, frames, height, width = video.shape
     side = min(height, width)
     labels = _palette_labels(video)
@@ -339,14 +358,7 @@ def judge_details(video: torch.Tensor, caption: str) -> Verdict:
         v.size_ok = min(SIZES, key=lambda z: abs(math.log(area / ref_area[z]))) == size
         v.shape_ok = max(SHAPES, key=shapes.count) == shape
         if len(times) >= 2:
-            tt = torch.tensor(times)
-            track = torch.tensor(v.track)  # [n, 2] (y, x) in pixels
-            tc = tt - tt.mean()
-            slope = (tc[:, None] * (track - track.mean(0))).sum(0) / tc.pow(2).sum().clamp(min=1e-9)
-            ey, ex = DIRECTIONS[direction]
-            along = float(slope[0] * ey + slope[1] * ex)
-            across = float(abs(slope[0] * ex - slope[1] * ey))
-            v.direction_ok = along >= 0.4 * TRAVEL * side and across <= 0.5 * along
+            v.direction_ok = _moves_along(times, v.track, direction, side)
     named = {o.colour for o in verdicts}
     extra = [
         c

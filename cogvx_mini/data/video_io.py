@@ -43,7 +43,12 @@ def save_video(video: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
     if suffix not in (".gif", ".mp4"):
         raise ValueError(f"expected a .gif or .mp4 path, got {path}")
     positive_int("fps", fps)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"cannot write {path}: its folder cannot be made ({err.strerror})"
+        ) from None
     frames = to_uint8_frames(video)
     tmp = path.with_name(f".{path.stem}.tmp{suffix}")
     if suffix == ".gif":
@@ -71,7 +76,8 @@ def read_video(path: str | Path) -> torch.Tensor:
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"cannot read video {path}: no such file")
+        what = "a folder" if path.is_dir() else "no such file"
+        raise ValueError(f"cannot read video {path}: expected a video file, got {what}")
     try:
         # Naming the format by suffix keeps imageio from probing every plugin on a broken file.
         ext = path.suffix.lower() if path.suffix.lower() in (".gif", ".mp4") else None
@@ -80,7 +86,8 @@ def read_video(path: str | Path) -> torch.Tensor:
             frames = np.asarray(iio.imread(path, index=None, extension=ext))
             meta = iio.immeta(path, extension=ext) if ext != ".gif" else {}
     except Exception as err:  # imageio raises many types for a broken file
-        raise ValueError(f"cannot read video {path}: {err}") from err
+        reason = str(err).split("\n=== stderr")[0]  # not ffmpeg's whole banner and log
+        raise ValueError(f"cannot read video {path}: {reason}") from err
     check_frame_total(path, len(frames) if frames.ndim == 4 else 1, meta)
     if frames.ndim == 3:  # one grey frame or one frame without a time axis
         frames = frames[None] if frames.shape[-1] in (3, 4) else frames[..., None]
