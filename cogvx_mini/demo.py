@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from cogvx_mini.checks import cli_type, finite_float, integer, positive_int, seed, writable_folder
 from cogvx_mini.data.toyworld import judge
 from cogvx_mini.data.video_io import film_strip
 from cogvx_mini.pipeline import (
@@ -31,18 +32,34 @@ from cogvx_mini.pipeline import (
 )
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The demo's arguments, each checked before the model loads."""
+    count = cli_type(integer, low=0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"))
-    parser.add_argument("--seen", type=int, default=4, help="prompts with seen combinations")
-    parser.add_argument("--held-out", type=int, default=4, help="prompts with held-out ones")
+    parser.add_argument("--seen", type=count, default=4, help="prompts with seen combinations")
+    parser.add_argument("--held-out", type=count, default=4, help="prompts with held-out ones")
     parser.add_argument("--prompt", action="append", default=[], help="extra prompt(s)")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=MINI_GUIDANCE)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=cli_type(positive_int), default=50)
+    parser.add_argument(
+        "--guidance", type=cli_type(finite_float, float, low=0.0), default=MINI_GUIDANCE
+    )
+    parser.add_argument("--seed", type=cli_type(seed), default=0)
     parser.add_argument("--weights", type=Path, default=None, help="transformer safetensors")
     args = parser.parse_args(argv)
+    if args.seen + args.held_out + len(args.prompt) == 0:
+        parser.error("expected at least one prompt (--seen, --held-out or --prompt), got none")
+    if args.weights is not None and not args.weights.is_file():
+        parser.error(f"--weights: expected a transformer safetensors file, got {args.weights}")
+    try:
+        writable_folder("--out", args.out)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
     start = time.perf_counter()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     pipe = load_mini(args.weights)

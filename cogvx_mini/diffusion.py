@@ -29,6 +29,8 @@ from functools import cached_property
 import torch
 from tqdm.auto import tqdm
 
+from cogvx_mini.checks import finite_float, integer, positive_int
+
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -98,9 +100,34 @@ class NoiseSchedule:
         return rescale_zero_terminal_snr(a) if self.zero_terminal_snr else a
 
     def alpha(self, t: torch.Tensor | int, ndim: int = 1) -> torch.Tensor:
-        """``a_t`` for timesteps ``t`` ``[B]``, shaped ``[B, 1, ..., 1]`` with ``ndim`` dims."""
-        a = self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long).cpu()]
+        """``a_t`` for timesteps ``t`` ``[B]``, shaped ``[B, 1, ..., 1]`` with ``ndim`` dims.
+
+        Raises ``ValueError`` for a timestep outside ``[0, num_train_timesteps)``, fractional or
+        NaN: indexing would wrap ``-1`` round to the last step or truncate ``2.5`` to 2.
+        """
+        a = self.alphas_cumprod[timestep_indices(t, self.num_train_timesteps)]
         return a.reshape(-1, *([1] * (ndim - 1))) if a.ndim else a
+
+
+def timestep_indices(t: torch.Tensor | int, num_train_timesteps: int) -> torch.Tensor:
+    """Timesteps ``t`` (``[B]`` or a scalar) as long indices on the CPU, each checked to be a
+    whole number in ``[0, num_train_timesteps)``; only ``t`` is scanned, never a latent."""
+    t = torch.as_tensor(t).detach()
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"t: expected integer timesteps, got a {t.dtype} tensor")
+    if t.is_floating_point() and not bool((t == t.round()).all()):  # NaN != NaN: caught too
+        raise ValueError(f"t: expected whole-number timesteps, got {_summary(t)}")
+    t = t.cpu().long() if t.is_floating_point() else t.cpu()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_train_timesteps):
+        raise ValueError(
+            f"t: expected timesteps in [0, {num_train_timesteps - 1}], got {_summary(t)}"
+        )
+    return t.long()
+
+
+def _summary(t: torch.Tensor) -> str:
+    values = t.flatten()[:8].tolist()
+    return f"{values}{' ...' if t.numel() > 8 else ''}"
 
 
 def _coefficients(schedule: NoiseSchedule, t: torch.Tensor, like: torch.Tensor):
@@ -161,8 +188,7 @@ def ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
     ``round(arange(T, 0, -T / steps)) - 1``: the first step is always ``T - 1`` (pure noise under
     zero terminal SNR), which the older "leading" spacing (0, 20, ..., 980) never visits.
     """
-    if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"expected 1 <= steps <= {num_train_timesteps}, got {steps}")
+    integer("steps", steps, 1, num_train_timesteps)
     ratio = num_train_timesteps / steps
     points = torch.arange(steps, dtype=torch.float64) * ratio
     return (torch.round(num_train_timesteps - points) - 1).long()
@@ -189,6 +215,8 @@ def ddim_step(
     ``x_prev = sqrt(1 - a_prev) eps + sqrt(a_prev) x0`` written through ``x_t`` and ``x0``:
     ``x_prev = c x_t + (sqrt(a_prev) - sqrt(a_t) c) x0`` with ``c = sqrt((1 - a_prev)/(1 - a_t))``.
     """
+    integer("steps", steps, 1, schedule.num_train_timesteps)
+    integer("t", t, 0, schedule.num_train_timesteps - 1)
     prev = t - schedule.num_train_timesteps // steps
     a_t = schedule.alphas_cumprod[t]
     a_prev = schedule.alphas_cumprod[prev] if prev >= 0 else torch.tensor(1.0, dtype=a_t.dtype)
@@ -219,6 +247,11 @@ def ddim_sample(
     ``return_trajectory`` also returns ``[x_T, x_{t_1}, ..., x_0]``.
     """
     schedule = schedule or NoiseSchedule.cogvideox_2b()
+    if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.ndim < 2:
+        got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+        raise ValueError(f"noise: expected a floating tensor [B, ...], got {got}")
+    positive_int("steps", steps)
+    finite_float("guidance", guidance, low=0.0)
     x = noise
     trajectory = [x]
     timesteps = ddim_timesteps(steps, schedule.num_train_timesteps)

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cogvx_mini.checks import finite_float, positive_int, prompt_list
+from cogvx_mini.checks import seed as check_seed
 from cogvx_mini.diffusion import NoiseSchedule, ddim_sample
 from cogvx_mini.shapes import check_frame_count
 
@@ -103,12 +105,10 @@ def generate(
     dropout). The initial noise comes from ``seed``. With ``return_latents`` also returns the
     sampled latents ``[B, C, T', h, w]`` (already divided by the latent scale).
     """
-    if isinstance(prompts, str):
-        raise TypeError("expected a list of prompts, got one string; wrap it in a list")
-    check_frame_count(frames, pipe.temporal_compression)
+    prompts = _check_generate_args(prompts, negative_prompt, pipe, frames, height, width, steps)
+    finite_float("guidance", guidance, low=0.0)
+    check_seed("seed", seed)
     s = pipe.spatial_compression
-    if height % s or width % s:
-        raise ValueError(f"expected height and width divisible by {s}, got {height}x{width}")
     b = len(prompts)
     shape = (
         b,
@@ -138,9 +138,30 @@ def generate(
         dynamic_cfg=dynamic_cfg,
         progress=progress,
     )
+    if not torch.isfinite(latents).all():  # one cheap scan of the result, not of every step
+        raise RuntimeError("generate: sampling produced non-finite latents (NaN or inf)")
     latents = latents / pipe.latent_scale
     videos = pipe.vae.decode(latents).clamp(-1, 1).float().cpu()
     return (videos, latents.cpu()) if return_latents else videos
+
+
+def _check_generate_args(prompts, negative_prompt, pipe, frames, height, width, steps) -> list:
+    """The prompts and the video size of :func:`generate`, checked before any text is encoded."""
+    prompts = prompt_list("prompts", prompts)
+    if not isinstance(pipe, Pipeline):
+        raise TypeError(f"pipe: expected a Pipeline (load_mini()), got {type(pipe).__name__}")
+    if not isinstance(negative_prompt, str):
+        raise TypeError(f"negative_prompt: expected a string, got {type(negative_prompt).__name__}")
+    positive_int("frames", frames)
+    check_frame_count(frames, pipe.temporal_compression)
+    for name, size in (("height", height), ("width", width)):
+        if positive_int(name, size) % pipe.spatial_compression:
+            raise ValueError(
+                f"{name}: expected a size divisible by {pipe.spatial_compression} (the VAE's "
+                f"spatial compression), got {size}"
+            )
+    positive_int("steps", steps)
+    return prompts
 
 
 def evaluation_prompts(split: str, count: int, first_seed: int = 10_000) -> list[str]:

@@ -15,21 +15,98 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from cogvx_mini.checks import (
+    cli_type,
+    finite_float,
+    integer,
+    output_file,
+    positive_int,
+    prompt_list,
+)
+from cogvx_mini.checks import seed as check_seed
 from cogvx_mini.data.text_encoder import T5TextEncoder
 from cogvx_mini.data.video_io import save_video
 from cogvx_mini.diffusion import ddim_sample
 from cogvx_mini.shapes import check_frame_count
+from cogvx_mini.vae import VAEConfig
 from cogvx_mini.weights import (
     schedule_from_diffusers,
     transformer_from_diffusers,
     vae_from_diffusers,
 )
+from cogvx_mini.weights.diffusers import read_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# What each component folder of a diffusers CogVideoX folder must hold (any one of the files).
+COMPONENT_FILES = {
+    "transformer": ("config.json",),
+    "vae": ("config.json",),
+    "text_encoder": ("config.json",),
+    "tokenizer": ("tokenizer_config.json", "spiece.model", "tokenizer.json"),
+    "scheduler": ("scheduler_config.json",),
+}
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """The configs of a checked CogVideoX folder, read before any weights load."""
+
+    path: Path
+    vae: VAEConfig
+    patch_size: int
+    latent_channels: int
+    num_train_timesteps: int
+
+
+def check_model_folder(model: str | Path) -> ModelFolder:
+    """Raise unless ``model`` is a folder with every component folder and its config; returns
+    the configs sampling needs to check its arguments (VAE compression, patch size, ...)."""
+    path = Path(model)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model: expected a local CogVideoX folder, got {path}")
+    for component, files in COMPONENT_FILES.items():
+        if not any((path / component / f).is_file() for f in files):
+            raise FileNotFoundError(
+                f"--model: expected {path / component}/ with {' or '.join(files)} (a CogVideoX "
+                f"folder in the diffusers layout: {', '.join(COMPONENT_FILES)}), got none"
+            )
+    transformer = read_config(path / "transformer")
+    scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    return ModelFolder(
+        path,
+        VAEConfig.from_diffusers(read_config(path / "vae")),
+        int(transformer.get("patch_size", 2)),
+        int(transformer.get("in_channels", 16)),
+        int(scheduler.get("num_train_timesteps", 1000)),
+    )
+
+
+def check_sample_args(folder: ModelFolder, prompts, negative_prompt, steps, guidance, seed,
+                      frames, height, width) -> list[str]:  # fmt: skip
+    """Every argument of :func:`sample` against the model's configs, before anything loads."""
+    prompts = prompt_list("prompts", prompts)
+    if not isinstance(negative_prompt, str):
+        raise TypeError(f"negative_prompt: expected a string, got {type(negative_prompt).__name__}")
+    integer("steps", steps, 1, folder.num_train_timesteps)
+    finite_float("guidance", guidance, low=0.0)
+    check_seed("seed", seed)
+    positive_int("frames", frames)
+    check_frame_count(frames, folder.vae.temporal_compression)
+    multiple = folder.vae.spatial_compression * folder.patch_size
+    for name, size in (("height", height), ("width", width)):
+        if positive_int(name, size) % multiple:
+            raise ValueError(
+                f"{name}: expected a multiple of {multiple} (VAE {folder.vae.spatial_compression}"
+                f" x patch {folder.patch_size}), got {size}"
+            )
+    return prompts
 
 
 def _free(device: torch.device) -> None:
@@ -39,22 +116,15 @@ def _free(device: torch.device) -> None:
 
 
 def initial_noise(
-    batch: int,
-    channels: int,
-    frames: int,
-    height: int,
-    width: int,
-    seed: int,
-    device: torch.device,
-    dtype: torch.dtype,
+    latent_shape: tuple[int, ...], seed: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Pure noise ``[B, C, T', H/8, W/8]`` for 4k+1 ``frames``, drawn exactly as diffusers'
-    CogVideoX pipeline draws it for the same seed (in its ``[B, T', C, h, w]`` order, on the
-    CPU generator, then moved), so the two can be compared sample for sample."""
-    check_frame_count(frames)
-    shape = (batch, (frames - 1) // 4 + 1, channels, height // 8, width // 8)
+    """Pure noise of ``latent_shape`` ``[B, C, T', h, w]`` (``VAEConfig.latent_shape``), drawn
+    exactly as diffusers' CogVideoX pipeline draws it for the same seed (in its
+    ``[B, T', C, h, w]`` order, on the CPU generator, then moved), so the two can be compared
+    sample for sample."""
+    b, c, t, h, w = latent_shape
     generator = torch.Generator("cpu").manual_seed(seed)
-    noise = torch.randn(shape, generator=generator, dtype=dtype)
+    noise = torch.randn((b, t, c, h, w), generator=generator, dtype=dtype)
     return noise.to(device).permute(0, 2, 1, 3, 4)
 
 
@@ -66,25 +136,23 @@ def denoise(
     guidance: float,
     dynamic_cfg: bool,
     seed: int,
-    frames: int,
-    height: int,
-    width: int,
+    latent_shape: tuple[int, ...],
     dtype: torch.dtype,
     device: torch.device,
     progress: bool = True,
 ) -> torch.Tensor:
-    """DDIM with CFG from the transformer of ``model``: latents ``[B, 16, T', H/8, W/8]``.
+    """DDIM with CFG from the transformer of ``model``: latents of ``latent_shape``
+    ``[B, C, T', h, w]``.
 
     ``text`` and ``negative`` are T5 embeddings ``[B, L, 4096]``; no negative, no guidance.
     """
     transformer = transformer_from_diffusers(model, dtype=dtype, device=device)
-    c = transformer.config
-    noise = initial_noise(len(text), c.in_channels, frames, height, width, seed, device, dtype)
+    noise = initial_noise(latent_shape, seed, device, dtype)
 
     def predict(embeddings: torch.Tensor):
         return lambda x, t: transformer(x, embeddings, t).float()
 
-    return ddim_sample(
+    latents = ddim_sample(
         predict(text),
         noise,
         steps,
@@ -94,6 +162,9 @@ def denoise(
         dynamic_cfg=dynamic_cfg,
         progress=progress,
     )
+    if not torch.isfinite(latents).all():  # one scan of the result, before the VAE decodes it
+        raise RuntimeError(f"sampling produced non-finite latents (NaN or inf) in {dtype}")
+    return latents
 
 
 @torch.no_grad()
@@ -114,10 +185,15 @@ def sample(
     tiled: bool = True,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Generate videos ``[B, 3, frames, height, width]`` in [-1, 1] (float32, on the CPU)."""
+    """Generate videos ``[B, 3, frames, height, width]`` in [-1, 1] (float32, on the CPU).
+
+    Every argument and the model folder are checked before T5 loads."""
+    folder = check_model_folder(model)
+    prompts = check_sample_args(folder, prompts, negative_prompt, steps, guidance, seed, frames,
+                                height, width)  # fmt: skip
     device = torch.device(device)
-    if height % 16 or width % 16:
-        raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
+    shape = folder.vae.latent_shape((len(prompts), 3, frames, height, width))
+    shape = (shape[0], folder.latent_channels, *shape[2:])  # the transformer's channels
 
     t5_device = torch.device("cpu") if offload_text_encoder else device
     t5 = T5TextEncoder(model, device=t5_device, dtype=dtype)
@@ -126,8 +202,8 @@ def sample(
     del t5
     _free(device)
 
-    latents = denoise(model, text, negative, steps, guidance, dynamic_cfg, seed, frames, height,
-                      width, dtype, device, progress)  # fmt: skip
+    latents = denoise(model, text, negative, steps, guidance, dynamic_cfg, seed, shape, dtype,
+                      device, progress)  # fmt: skip
     _free(device)
 
     vae = vae_from_diffusers(model, dtype=dtype, device=device)
@@ -139,26 +215,54 @@ def sample(
     return video.float().clamp(-1, 1).cpu()
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
+def _device(text: str) -> torch.device:
+    """An ``argparse`` type: a device this machine has."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected a device like cuda, cuda:1 or cpu, got {text!r}"
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"expected an available device, got {text!r} (no CUDA)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(
+            f"expected a device index below {torch.cuda.device_count()}, got {text!r}"
+        )
+    return device
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", required=True, help="local CogVideoX folder, diffusers layout")
     p.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--out", default="outputs/sample.mp4", help="MP4 or GIF; _i added for a batch")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=6.0)
+    p.add_argument("--steps", type=cli_type(positive_int), default=50)
+    p.add_argument("--guidance", type=cli_type(finite_float, float, low=0.0), default=6.0)
     p.add_argument("--dynamic-cfg", action="store_true")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--frames", type=int, default=49)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--width", type=int, default=720)
-    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--seed", type=cli_type(check_seed), default=42)
+    p.add_argument("--frames", type=cli_type(positive_int), default=49)
+    p.add_argument("--height", type=cli_type(positive_int), default=480)
+    p.add_argument("--width", type=cli_type(positive_int), default=720)
+    p.add_argument("--fps", type=cli_type(positive_int), default=8)
     p.add_argument("--dtype", choices=list(DTYPES), default="bf16")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--offload-text-encoder", action="store_true", help="run T5 on the CPU")
     p.add_argument("--no-tiling", action="store_true", help="decode whole frames (more memory)")
     args = p.parse_args(argv)
+    try:  # the output path and the model folder too, before minutes of loading
+        output_file("--out", args.out, VIDEO_SUFFIXES)
+        folder = check_model_folder(args.model)
+        check_sample_args(folder, args.prompt, args.negative_prompt, args.steps, args.guidance,
+                          args.seed, args.frames, args.height, args.width)  # fmt: skip
+    except (TypeError, ValueError, FileNotFoundError) as err:
+        p.error(str(err))
+    return args
 
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    args = _parse_args(argv)
     videos = sample(
         args.model,
         args.prompt,

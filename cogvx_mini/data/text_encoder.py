@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 import zlib
 from pathlib import Path
 from typing import Protocol
 
 import torch
+
+from cogvx_mini.checks import positive_int, prompt_list
 
 
 class TextEncoder(Protocol):
@@ -55,8 +58,9 @@ class ToyTextEncoder:
     """
 
     def __init__(self, dim: int = 64, max_length: int = 32):
-        if dim % 2:
-            raise ValueError(f"expected an even embedding dim, got {dim}")
+        if positive_int("dim", dim) % 2:
+            raise ValueError(f"dim: expected an even embedding dim, got {dim}")
+        positive_int("max_length", max_length)
         self.dim, self.max_length = dim, max_length
         self._clauses = torch.randn(8, dim, generator=torch.Generator().manual_seed(1234))
         self._clauses /= dim**0.5
@@ -69,16 +73,39 @@ class ToyTextEncoder:
         return torch.randn(self.dim, generator=g) / self.dim**0.5
 
     def tokens(self, prompt: str) -> list[str]:
+        """The lower-cased ASCII words (``[a-z0-9]+``) of ``prompt``; anything else separates."""
         return re.findall(r"[a-z0-9]+", prompt.lower())
 
+    def checked_tokens(self, prompt: str) -> list[str]:
+        """:meth:`tokens`, saying what is lost: the toy vocabulary is ASCII (the toy world's
+        captions), so letters of other scripts are dropped. A prompt with such letters and no
+        ASCII word raises ``ValueError`` (it would silently be the empty, unconditional prompt);
+        one with some ASCII words warns, naming the dropped characters."""
+        words = self.tokens(prompt)
+        dropped = "".join(sorted({c for c in prompt if c.isalnum() and not c.isascii()}))
+        if dropped and not words:
+            raise ValueError(
+                f"prompts: the toy text encoder reads ASCII words (a-z, 0-9) only, got {prompt!r} "
+                "with none: it would encode as the empty (unconditional) prompt; use a T5 "
+                "encoder for other scripts"
+            )
+        if dropped:
+            warnings.warn(
+                f"the toy text encoder drops the non-ASCII characters {dropped!r} of {prompt!r}",
+                stacklevel=3,
+            )
+        return words
+
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Embeddings ``[B, max_length, dim]``; words beyond ``max_length`` are truncated."""
-        if isinstance(prompts, str):
-            raise TypeError("expected a list of prompts, got one string; wrap it in a list")
+        """Embeddings ``[B, max_length, dim]``; words beyond ``max_length`` are truncated.
+
+        ``""`` (or only punctuation) is the unconditional embedding; see :meth:`checked_tokens`
+        for non-ASCII text."""
+        prompts = prompt_list("prompts", prompts)
         out = torch.zeros(len(prompts), self.max_length, self.dim)
         for b, prompt in enumerate(prompts):
             clause = 0
-            for i, word in enumerate(self.tokens(prompt)[: self.max_length]):
+            for i, word in enumerate(self.checked_tokens(prompt)[: self.max_length]):
                 if word == "while":
                     clause += 1
                 c = self._clauses[min(clause, len(self._clauses) - 1)]
@@ -125,8 +152,8 @@ class T5TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        if isinstance(prompts, str):
-            raise TypeError("expected a list of prompts, got one string; wrap it in a list")
+        """Embeddings ``[B, max_length, d_model]`` of any text (T5's tokenizer covers it)."""
+        prompts = prompt_list("prompts", prompts)
         ids = self.tokenizer(
             prompts,
             padding="max_length",

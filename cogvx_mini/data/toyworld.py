@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from cogvx_mini.checks import integer, path_inside, positive_int, read_jsonl
+
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.95, 0.15, 0.15),
     "green": (0.15, 0.85, 0.25),
@@ -92,6 +94,8 @@ def sample_scene(seed: int, max_objects: int = 3, split: str = "all") -> ToyScen
     """
     if split not in SPLITS:
         raise ValueError(f"expected split in {SPLITS}, got {split!r}")
+    integer("seed", seed)
+    integer("max_objects", max_objects, 1, len(COLOURS))
     rng = random.Random(seed)
     n = rng.randint(1, max_objects)
     if split == "held_out":
@@ -146,10 +150,8 @@ def render(scene: ToyScene, frames: int, height: int, width: int) -> torch.Tenso
     Coordinates are fractions of the shorter side, so a scene looks the same at any resolution,
     and motion is a fraction of the clip, so it looks the same at any frame count.
     """
-    if frames < 1 or height < 1 or width < 1:
-        raise ValueError(
-            f"expected positive frames, height, width, got {frames}, {height}, {width}"
-        )
+    for name, value in (("frames", frames), ("height", height), ("width", width)):
+        positive_int(name, value)
     side = min(height, width)
     # Pixel centres in units of the shorter side, with the frame centred on (0.5, 0.5).
     yy = ((torch.arange(height) + 0.5) - height / 2) / side + 0.5
@@ -191,6 +193,8 @@ def parse_caption(caption: str) -> list[tuple[str, str, str, str]]:
 
     Raises ``ValueError`` for a caption outside the toy world's grammar.
     """
+    if not isinstance(caption, str):
+        raise TypeError(f"caption: expected a string, got {type(caption).__name__}")
     found = _PHRASE.findall(caption.lower())
     if not found:
         raise ValueError(
@@ -286,6 +290,30 @@ def _present_frames(labels: torch.Tensor, index: int, min_area: float) -> torch.
     return (labels == index).flatten(1).sum(1) >= min_area
 
 
+def _one_video(video: torch.Tensor) -> torch.Tensor:
+    """``video`` as ``[3, T, H, W]`` (a batch of one is unwrapped), or a clear error."""
+    if not isinstance(video, torch.Tensor):
+        raise TypeError(f"video: expected a tensor [3, T, H, W], got {type(video).__name__}")
+    if video.ndim == 5 and video.shape[0] == 1:
+        video = video[0]
+    if video.ndim != 4 or video.shape[0] != 3:
+        raise ValueError(f"expected a video [3, T, H, W], got {tuple(video.shape)}")
+    return video
+
+
+def _moves_along(times: list[float], track: list, direction: str, side: int) -> bool:
+    """Whether the least-squares motion of ``track`` (``(y, x)`` pixels at clip ``times``) goes
+    along ``direction`` over at least 40% of the expected travel, and mostly along it."""
+    tt = torch.tensor(times)
+    points = torch.tensor(track)  # [n, 2] (y, x) in pixels
+    tc = tt - tt.mean()
+    slope = (tc[:, None] * (points - points.mean(0))).sum(0) / tc.pow(2).sum().clamp(min=1e-9)
+    ey, ex = DIRECTIONS[direction]
+    along = float(slope[0] * ey + slope[1] * ex)
+    across = float(abs(slope[0] * ex - slope[1] * ey))
+    return along >= 0.4 * TRAVEL * side and across <= 0.5 * along
+
+
 def judge_details(video: torch.Tensor, caption: str) -> Verdict:
     """Read the captioned objects back from ``video`` ``[3, T, H, W]`` (or ``[1, 3, T, H, W]``).
 
@@ -295,10 +323,7 @@ def judge_details(video: torch.Tensor, caption: str) -> Verdict:
     :func:`_shape_of`); **direction** (least-squares centroid motion along the captioned
     direction over at least 40% of the expected travel, and mostly along it).
     """
-    if video.ndim == 5:
-        video = video[0]
-    if video.ndim != 4 or video.shape[0] != 3:
-        raise ValueError(f"expected a video [3, T, H, W], got {tuple(video.shape)}")
+    video = _one_video(video)
     _, frames, height, width = video.shape
     side = min(height, width)
     labels = _palette_labels(video)
@@ -333,14 +358,7 @@ def judge_details(video: torch.Tensor, caption: str) -> Verdict:
         v.size_ok = min(SIZES, key=lambda z: abs(math.log(area / ref_area[z]))) == size
         v.shape_ok = max(SHAPES, key=shapes.count) == shape
         if len(times) >= 2:
-            tt = torch.tensor(times)
-            track = torch.tensor(v.track)  # [n, 2] (y, x) in pixels
-            tc = tt - tt.mean()
-            slope = (tc[:, None] * (track - track.mean(0))).sum(0) / tc.pow(2).sum().clamp(min=1e-9)
-            ey, ex = DIRECTIONS[direction]
-            along = float(slope[0] * ey + slope[1] * ex)
-            across = float(abs(slope[0] * ex - slope[1] * ey))
-            v.direction_ok = along >= 0.4 * TRAVEL * side and across <= 0.5 * along
+            v.direction_ok = _moves_along(times, v.track, direction, side)
     named = {o.colour for o in verdicts}
     extra = [
         c
@@ -384,6 +402,9 @@ def write_dataset(
 
     if fmt not in ("mp4", "gif"):
         raise ValueError(f"expected fmt 'mp4' or 'gif', got {fmt!r}")
+    integer("count", count, low=0)
+    integer("first_seed", first_seed)
+    positive_int("fps", fps)
     root = Path(root)
     lines = []
     for seed in range(first_seed, first_seed + count):
@@ -394,6 +415,15 @@ def write_dataset(
     path = root / "captions.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _entry(root: Path, where: str, entry: object) -> tuple[Path, str]:
+    """``(video path, caption)`` of one ``captions.jsonl`` line, checked."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("video"), str):
+        raise ValueError(f"{where}: expected an object with 'video' and 'caption', got {entry!r}")
+    if not isinstance(entry.get("caption"), str):
+        raise ValueError(f"{where}: expected a 'caption' string, got {entry.get('caption')!r}")
+    return path_inside(where, root, entry["video"]), entry["caption"]
 
 
 class VideoFolder:
@@ -409,8 +439,7 @@ class VideoFolder:
         self.root = Path(root)
         jsonl = self.root / "captions.jsonl"
         if jsonl.is_file():
-            entries = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-            self.entries = [(self.root / e["video"], e["caption"]) for e in entries]
+            self.entries = [_entry(self.root, where, e) for where, e in read_jsonl(jsonl)]
         elif (self.root / "videos.txt").is_file() and (self.root / "prompts.txt").is_file():
             videos = (self.root / "videos.txt").read_text().splitlines()
             prompts = (self.root / "prompts.txt").read_text().splitlines()
@@ -420,7 +449,8 @@ class VideoFolder:
                     f"{len(videos)} and {len(prompts)}"
                 )
             self.entries = [
-                (self.root / v.strip(), p.strip()) for v, p in zip(videos, prompts, strict=True)
+                (path_inside(f"{self.root / 'videos.txt'}:{i}", self.root, v.strip()), p.strip())
+                for i, (v, p) in enumerate(zip(videos, prompts, strict=True), start=1)
             ]
         else:
             raise FileNotFoundError(

@@ -5,12 +5,15 @@ Videos here are tensors ``[C, T, H, W]`` or ``[B, C, T, H, W]`` (B = 1) with val
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from einops import rearrange
+
+from cogvx_mini.checks import positive_int
 
 
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
@@ -39,7 +42,13 @@ def save_video(video: torch.Tensor, path: str | Path, fps: int = 8) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".gif", ".mp4"):
         raise ValueError(f"expected a .gif or .mp4 path, got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    positive_int("fps", fps)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(
+            f"cannot write {path}: its folder cannot be made ({err.strerror})"
+        ) from None
     frames = to_uint8_frames(video)
     tmp = path.with_name(f".{path.stem}.tmp{suffix}")
     if suffix == ".gif":
@@ -60,21 +69,26 @@ def film_strip(video: torch.Tensor, max_frames: int = 9) -> np.ndarray:
 def read_video(path: str | Path) -> torch.Tensor:
     """Read a GIF/MP4 (anything imageio reads) as ``[3, T, H, W]`` float32 in [-1, 1].
 
-    Raises ``ValueError`` naming the file when it cannot be decoded.
+    Raises ``ValueError`` naming the file when it cannot be decoded, or when it decodes to fewer
+    frames than its container states (a truncated download: see :func:`check_frame_total`).
     """
     import imageio.v3 as iio
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"cannot read video {path}: no such file")
+        what = "a folder" if path.is_dir() else "no such file"
+        raise ValueError(f"cannot read video {path}: expected a video file, got {what}")
     try:
         # Naming the format by suffix keeps imageio from probing every plugin on a broken file.
         ext = path.suffix.lower() if path.suffix.lower() in (".gif", ".mp4") else None
         with warnings.catch_warnings():  # plugins imageio tries on a broken file warn noisily
             warnings.simplefilter("ignore", DeprecationWarning)
             frames = np.asarray(iio.imread(path, index=None, extension=ext))
+            meta = iio.immeta(path, extension=ext) if ext != ".gif" else {}
     except Exception as err:  # imageio raises many types for a broken file
-        raise ValueError(f"cannot read video {path}: {err}") from err
+        reason = str(err).split("\n=== stderr")[0]  # not ffmpeg's whole banner and log
+        raise ValueError(f"cannot read video {path}: {reason}") from err
+    check_frame_total(path, len(frames) if frames.ndim == 4 else 1, meta)
     if frames.ndim == 3:  # one grey frame or one frame without a time axis
         frames = frames[None] if frames.shape[-1] in (3, 4) else frames[..., None]
     if frames.ndim != 4 or frames.shape[0] == 0:
@@ -83,3 +97,25 @@ def read_video(path: str | Path) -> torch.Tensor:
         frames = np.repeat(frames, 3, axis=-1)
     frames = torch.from_numpy(frames[..., :3].astype(np.float32))
     return rearrange(frames, "t h w c -> c t h w") / 127.5 - 1
+
+
+def check_frame_total(path: Path, decoded: int, meta: dict) -> None:
+    """Raise ``ValueError`` if ``decoded`` frames fall short of the count the container states.
+
+    A file cut short (an interrupted download of a "web" MP4, whose index comes first) still
+    decodes, to its first part only. ffmpeg's metadata keeps the stated ``nframes`` or
+    ``duration`` and ``fps``; a shortfall beyond rounding (2 frames or 5 %) means truncation.
+    Formats without that metadata (GIF) are not checked.
+    """
+    nframes, duration, fps = meta.get("nframes"), meta.get("duration"), meta.get("fps")
+    if isinstance(nframes, int | float) and math.isfinite(nframes) and nframes > 0:
+        stated, source = round(nframes), "nframes"
+    elif duration and fps and math.isfinite(duration * fps):
+        stated, source = round(duration * fps), f"{duration} s at {fps} fps"
+    else:
+        return
+    if decoded + max(2, stated // 20) < stated:
+        raise ValueError(
+            f"truncated video {path}: expected the {stated} frames its container states "
+            f"({source}), got {decoded} decodable frames"
+        )

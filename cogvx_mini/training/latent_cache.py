@@ -124,7 +124,7 @@ class LatentCache(LatentSource):
                 entry = json.loads(line)
                 key = tuple(entry["latent_shape"])
                 self.buckets.setdefault(key, []).append(len(self.entries))
-                self.entries.append((shard, entry["key"]))
+                self.entries.append((shard, entry))
         if not self.entries:
             raise ValueError(
                 f"no cached samples in {self.root}: expected shard_*.safetensors with "
@@ -135,11 +135,16 @@ class LatentCache(LatentSource):
     def get(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         from safetensors import safe_open
 
-        shard, key = self.entries[index]
+        from cogvx_mini.data.cache_index import check_entry
+
+        shard, entry = self.entries[index]
         if shard not in self._open:
             self._open[shard] = safe_open(str(shard), framework="pt")
         f = self._open[shard]
-        return f.get_tensor(f"latents/{key}").float(), f.get_tensor(f"text/{key}").float()
+        key = entry["key"]
+        latents, text = f.get_tensor(f"latents/{key}"), f.get_tensor(f"text/{key}")
+        check_entry(entry, shard, latents, text)  # the digest precompute stored in the index
+        return latents.float(), text.float()
 
 
 # ---------------------------------------------------------------------------------------------
