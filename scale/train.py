@@ -427,9 +427,7 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
     ckpt_dir = args.out / "checkpoints"
     latest = resume_point(ckpt_dir, d, args.no_resume)
     start = (
-        load_sharded_checkpoint(latest, run.model, run.optimizer, run.ema, config)
-        if latest
-        else 0
+        load_sharded_checkpoint(latest, run.model, run.optimizer, run.ema, config) if latest else 0
     )
     if d.is_main:
         announce(run, config, d, args.out, latest)
