@@ -40,7 +40,7 @@ from cogvx_mini.weights import (
     transformer_from_diffusers,
     vae_from_diffusers,
 )
-from cogvx_mini.weights.diffusers import read_config
+from cogvx_mini.weights.diffusers import read_config, vae_config_from_diffusers
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # What each component folder of a diffusers CogVideoX folder must hold (any one of the files).
@@ -81,7 +81,7 @@ def check_model_folder(model: str | Path) -> ModelFolder:
     scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     return ModelFolder(
         path,
-        VAEConfig.from_diffusers(read_config(path / "vae")),
+        vae_config_from_diffusers(read_config(path / "vae")),
         int(transformer.get("patch_size", 2)),
         int(transformer.get("in_channels", 16)),
         int(scheduler.get("num_train_timesteps", 1000)),
