@@ -38,9 +38,9 @@ train-gpu: $(STAMP)
 	$(BIN)/python -m cogvx_mini.train --out $(OUT)/stage3 $(GPU_RECIPE) --steps 3000 --lr 2.5e-4 \
 		--init-from $(OUT)/stage2/transformer_mini.safetensors --ship
 
-# book-check executes every page; book reuses those outputs for the HTML site, which
-# browser-test then opens page by page in headless Chromium.
-test: $(STAMP) lint pytest chapters book-check book browser-test
+# book executes every page once and makes every check of book-check while it writes the HTML
+# site, which browser-test then opens page by page in headless Chromium.
+test: $(STAMP) lint pytest chapters book browser-test
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -64,7 +64,7 @@ book-check: $(STAMP)
 
 # The HTML site in _build/html, complete offline: the book theme from ../shared/book-theme or
 # BOOK_THEME_DIR (BOOK_THEME_DIR=download: Jupyter Book downloads it), KaTeX and Font Awesome
-# from the npm registry (tools/book_assets). Reuses the outputs book-check executed.
+# from the npm registry (tools/book_assets). Also every check of book-check.
 book: $(STAMP)
 	$(BIN)/python tools/check_book.py --html
 

@@ -173,12 +173,13 @@ def check_page(page: Page, url: str, shots: Path, name: str) -> tuple[list[str],
     settle(page)
     facts = page.evaluate(JS, PLACEHOLDER)
     problems += facts["problems"]
-    animations = check_animations(page, problems)
-    explorers = check_explorers(page, problems)
+    # Screenshots before the animations are played and the controls moved: the page as it loads.
     page.evaluate("window.scrollTo(0, 0)")
     page.wait_for_timeout(200)
     page.screenshot(path=str(shots / f"{name}-top.png"))
     page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+    animations = check_animations(page, problems)
+    explorers = check_explorers(page, problems)
     summary = (f"{facts['figures']} figures ({facts['labelled']} labelled), {facts['equations']} "
                f"equations, {animations} animations, {explorers} precomputed controls, "
                f"{facts['placeholders']} widget placeholders")  # fmt: skip

@@ -1,10 +1,13 @@
 """Build the book; fail on any page error, failed cell, or unresolved reference or citation.
 
-    python tools/check_book.py          # parse + execute every page afresh (`make book-check`)
-    python tools/check_book.py --html   # HTML site in _build/html, complete offline (`make book`)
+    python tools/check_book.py          # parse + execute every page (`make book-check`)
+    python tools/check_book.py --html   # the same, and the HTML site in _build/html (`make book`)
 
-The HTML build reuses the executed outputs in `_build/execute` (Jupyter Book keys them by the
-cells' code), so `make book` right after `make book-check` executes nothing twice.
+The HTML build makes every check the offline one makes, from one execution of every page, so
+`make test` runs only it. Both start from an empty execution cache: Jupyter Book 2.1.7 leaves
+the outputs of `remove-output` cells in pages built from cached outputs (seen: the image of a
+widget cell, without its data, in the HTML built after `--site`), and stale outputs of changed
+library code would go unnoticed.
 
 Offline, Jupyter Book 2 parses and executes every page but cannot fetch its HTML theme, so its last
 step fails and its exit code is 1 even when every page is fine. We therefore judge the build by
@@ -60,8 +63,7 @@ def main() -> int:
         # A local copy of the book theme stands in for the download that needs the internet.
         offline_site.prepare_theme()
         offline_site.check_port_free()
-    # book-check executes every notebook afresh; the HTML build reuses its executed outputs.
-    for stale in ("site", "html") if html else ("site", "execute", "html"):
+    for stale in ("site", "execute", "html"):
         shutil.rmtree(ROOT / "_build" / stale, ignore_errors=True)
     code, log = run_build("--html" if html else "--site")
     page_log = log.split("Querying template metadata")[0]
