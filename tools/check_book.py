@@ -4,10 +4,8 @@
     python tools/check_book.py --html   # the same, and the HTML site in _build/html (`make book`)
 
 The HTML build makes every check the offline one makes, from one execution of every page, so
-`make test` runs only it. Both start from an empty execution cache: Jupyter Book 2.1.7 leaves
-the outputs of `remove-output` cells in pages built from cached outputs (seen: the image of a
-widget cell, without its data, in the HTML built after `--site`), and stale outputs of changed
-library code would go unnoticed.
+`make test` runs only it. Both start from an empty execution cache: Jupyter Book keys cached
+outputs by the cells' code, so outputs made by older library code would go unnoticed.
 
 Offline, Jupyter Book 2 parses and executes every page but cannot fetch its HTML theme, so its last
 step fails and its exit code is 1 even when every page is fine. We therefore judge the build by
