@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= outputs
 
-.PHONY: demo test lint pytest chapters notebooks book-check book lab train train-gpu ablations clean
+.PHONY: demo test lint pytest chapters notebooks book-check book browser-test lab train train-gpu \
+	ablations clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +38,9 @@ train-gpu: $(STAMP)
 	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/stage3 $(GPU_RECIPE) --steps 3000 --lr 2.5e-4 \
 		--init-from $(OUT)/stage2/transformer_mini.safetensors --ship
 
-test: $(STAMP) lint pytest chapters book-check
+# book executes every page once and makes every check of book-check while it writes the HTML
+# site, which browser-test then opens page by page in headless Chromium.
+test: $(STAMP) lint pytest chapters book browser-test
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -59,9 +62,21 @@ notebooks: $(STAMP)
 book-check: $(STAMP)
 	$(BIN)/python tools/check_book.py
 
-# The HTML site; needs the theme (internet once, or BOOK_THEME_DIR=/path/to/book-theme).
+# The HTML site in _build/html, complete offline: the book theme from ../shared/book-theme or
+# BOOK_THEME_DIR (BOOK_THEME_DIR=download: Jupyter Book downloads it), KaTeX and Font Awesome
+# from the npm registry (tools/book_assets). Also every check of book-check.
 book: $(STAMP)
 	$(BIN)/python tools/check_book.py --html
+
+# Every page of _build/html in headless Chromium (Debian's, installed below when missing):
+# fails on anything broken a reader would see; screenshots in _build/screenshots.
+CHROMIUM := /usr/bin/chromium
+browser-test: $(STAMP) $(CHROMIUM)
+	$(BIN)/python tools/browser_test.py
+
+$(CHROMIUM):
+	@test "$$(id -u)" = 0 || { echo "no $(CHROMIUM): run sudo apt-get install -y chromium"; exit 1; }
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab chapters

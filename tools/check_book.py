@@ -1,7 +1,11 @@
 """Build the book; fail on any page error, failed cell, or unresolved reference or citation.
 
-    python tools/check_book.py          # offline: parse + execute every page (`make test`)
-    python tools/check_book.py --html   # HTML site in _build/html (needs the theme: README)
+    python tools/check_book.py          # parse + execute every page (`make book-check`)
+    python tools/check_book.py --html   # the same, and the HTML site in _build/html (`make book`)
+
+The HTML build makes every check the offline one makes, from one execution of every page, so
+`make test` runs only it. Both start from an empty execution cache: Jupyter Book keys cached
+outputs by the cells' code, so outputs made by older library code would go unnoticed.
 
 Offline, Jupyter Book 2 parses and executes every page but cannot fetch its HTML theme, so its last
 step fails and its exit code is 1 even when every page is fine. We therefore judge the build by
@@ -15,12 +19,13 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import offline_site
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-THEME_CACHE = ROOT / "_build" / "templates" / "site" / "myst" / "book-theme"
 
 
 def toc_files(entries: list[dict]) -> list[str]:
@@ -33,24 +38,29 @@ def toc_files(entries: list[dict]) -> list[str]:
 
 
 def run_build(*flags: str) -> tuple[int, str]:
-    env = dict(os.environ)
+    # The marker finds the jupyter_server this build starts and leaves running (stopped below).
+    marker = uuid.uuid4().hex
+    env = dict(os.environ, COGVX_BOOK_BUILD=marker)
     # Jupyter Book starts `python -m jupyter_server`: it must be this environment's python.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = ["jupyter", "book", "build", *flags, "--execute"]
     print("$", " ".join(cmd), flush=True)
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    finally:
+        ended = offline_site.stop_servers(marker)
+        print(f"ended {len(ended)} process(es) the build left running: pids {ended}")
     return proc.returncode, re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)
 
 
 def main() -> int:
     html = "--html" in sys.argv[1:]
-    if html and os.environ.get("BOOK_THEME_DIR"):
+    if html:
         # A local copy of the book theme stands in for the download that needs the internet.
-        shutil.rmtree(THEME_CACHE, ignore_errors=True)
-        shutil.copytree(os.environ["BOOK_THEME_DIR"], THEME_CACHE)
-    # Without its cache the build re-executes every notebook instead of reusing old outputs.
+        offline_site.prepare_theme()
+        offline_site.check_port_free()
     for stale in ("site", "execute", "html"):
         shutil.rmtree(ROOT / "_build" / stale, ignore_errors=True)
     code, log = run_build("--html" if html else "--site")
@@ -72,8 +82,11 @@ def main() -> int:
     if html:
         if code:
             print(log)
-            print("\nHTML build failed: the theme needs the internet or BOOK_THEME_DIR (README).")
+            print("\nHTML build failed (README, section 'The book').")
             return code
+        offline_site.install_assets()
+        changed = offline_site.rewrite_site()
+        print(f"offline: {len(changed)} files of the site point at local copies instead of CDNs")
         print(f"HTML site in {ROOT / '_build' / 'html'}")
     print(f"book OK: {len(pages)} pages parsed and executed, all references resolved")
     return 0

@@ -21,7 +21,13 @@ def plot(result: dict, path: str | Path) -> Path:
 
     primary = result["primary"]
     arms = result["arms"]
-    fig, axes = plt.subplots(1, 1 + len(primary), figsize=(3.6 * (1 + len(primary)), 3.2))
+    # Two panels a row, so that a four-panel figure stays readable in the book's column.
+    cols = min(2, 1 + len(primary))
+    rows = -(-(1 + len(primary)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[1 + len(primary) :]:
+        ax.set_visible(False)
+    axes = list(axes.flat)[: 1 + len(primary)]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ax = axes[0]
     steps_key = "vae_steps" if result["name"] == "vae_3d_vs_2d" else "steps"
@@ -41,7 +47,7 @@ def plot(result: dict, path: str | Path) -> Path:
             m = a["metrics"][metric]
             ax.errorbar(i, m["mean"], yerr=m["std"], fmt="o", color=colours[i], ms=9, capsize=5)
             ax.plot([i + 0.15] * len(m["values"]), m["values"], "k.", ms=4)
-        ax.set_xticks(range(len(arms)), list(arms), rotation=15, fontsize=7)
+        ax.set_xticks(range(len(arms)), list(arms), fontsize=9)
         ax.set_xlim(-0.5, len(arms) - 0.5)
         ax.grid(axis="y", alpha=0.3)
         better = "higher" if result["higher_is_better"].get(metric, False) else "lower"
