@@ -106,9 +106,9 @@ BUDGETS = {
                            sample_steps=2, frames=5, size=32, classifier_steps=20,
                            captioner_steps=5),
     # Minutes on one CPU thread: what chapter 11 shows until the GPU run is committed.
-    "cpu": CurationBudget("cpu", (0, 1, 2), pool=360, held_out_pool=180, labelled=120,
-                          captioner_labelled=120, steps=120, batch=8, eval_clips=12, prompts=6,
-                          sample_steps=8, captioner_steps=200),
+    "cpu": CurationBudget("cpu", (0, 1, 2), pool=240, held_out_pool=120, labelled=100,
+                          captioner_labelled=100, steps=60, batch=8, eval_clips=6, prompts=3,
+                          sample_steps=6, captioner_steps=150),
     # One GPU.
     "gpu": CurationBudget("gpu", (0, 1, 2), pool=6000, held_out_pool=1200, labelled=600,
                           captioner_labelled=1000, steps=3000, batch=64, eval_clips=64,
