@@ -73,6 +73,11 @@ def test_each_defect_is_flagged_by_its_statistic(defect):
         bad.append(clip_statistics(render_defect(scene, defect, 9, 64, 64, seed))[statistic])
     if defect == "lecture":  # lack of motion: low values flag it
         assert max(bad) < min(clean), (bad, clean)
+    elif defect == "motion_jump":
+        # Jumpiness depends on how fast a scene's objects cover their own size, so it overlaps
+        # across scenes (its held-out recall says how much); within a scene it is clear.
+        ratios = sorted(b / c for b, c in zip(bad, clean, strict=True))
+        assert ratios[0] > 1.1 and ratios[len(ratios) // 2] > 1.5, ratios
     else:
         assert min(bad) > max(clean), (bad, clean)
 
