@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= outputs
 
 .PHONY: demo test lint pytest chapters notebooks book-check book browser-test lab train train-gpu \
-	ablations clean
+	ablations curation clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,6 +87,12 @@ BUDGET ?= small
 DEVICE ?= cpu
 ablations: $(STAMP)
 	$(BIN)/python -m cogvx_mini.experiments all --budget $(BUDGET) --device $(DEVICE) --out book/ablations
+
+# The data pipeline in miniature (chapter 11): book/data/curation.json + PNGs. The CPU budget
+# takes minutes on one thread; on a GPU: make curation CURATION_BUDGET=gpu DEVICE=cuda
+CURATION_BUDGET ?= cpu
+curation: $(STAMP)
+	$(BIN)/python -m cogvx_mini.curation_experiment --budget $(CURATION_BUDGET) --device $(DEVICE) --out book/data
 
 clean:
 	rm -rf _build $(OUT) .pytest_cache
