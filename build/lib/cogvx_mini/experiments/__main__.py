@@ -1,0 +1,3 @@
+from cogvx_mini.experiments.registry import main
+
+main()

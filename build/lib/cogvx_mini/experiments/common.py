@@ -1,0 +1,414 @@
+"""What the ablations share: budgets, the frozen latent VAE and cached latents, training an arm
+through the library's own loops, and the evaluations (held-out loss, the judge, summaries).
+
+Every arm trains with ``cogvx_mini.training.train.train`` (diffusion; constant learning rate
+after warm-up, no checkpoints, the raw weights evaluated) or ``cogvx_mini.training.vae_train
+.train_vae`` (the VAE), so an ablation measures the same recipe the book ships.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from cogvx_mini.data.text_encoder import ToyTextEncoder
+from cogvx_mini.diffusion import NoiseSchedule, add_noise, v_loss, v_target
+from cogvx_mini.frame_pack import Bucket
+from cogvx_mini.training.train import (
+    LatentDataset,
+    TrainConfig,
+    TrainResult,
+    cache_latents,
+    toy_clips,
+    train,
+)
+from cogvx_mini.training.vae_train import VAETrainConfig, held_out_videos, train_vae
+from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig, count_parameters
+from cogvx_mini.vae import VAE3D, VAEConfig
+from cogvx_mini.vae_2d import flicker_score, psnr
+
+EVAL_SEED = 500_000  # held-out clips for evaluation losses (training clips use seeds below)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Equal for every arm of an ablation. Videos are ``frames x size x size``."""
+
+    name: str
+    seeds: tuple[int, ...]
+    steps: int  # diffusion training steps per arm and seed
+    batch: int
+    clips: int  # training scenes
+    frames: int = 9
+    size: int = 64
+    lr: float = 5e-4
+    warmup: int = 20
+    eval_clips: int = 8
+    eval_timesteps: int = 8
+    prompts: int = 8  # generated videos judged per arm and seed
+    sample_steps: int = 10
+    guidance: float = 4.0
+    vae_steps: int = 200  # each VAE arm (and the latent VAE when none is shipped)
+    vae_batch: int = 4
+    vae_frames: int = 9
+    vae_crop: int = 32
+    vae_eval: int = 8
+    curve_points: int = 100  # loss curves are stored at this many points (window means)
+
+
+BUDGETS = {
+    # For the test: seconds.
+    "tiny": Budget("tiny", (0, 1), steps=3, batch=2, clips=6, eval_clips=2, eval_timesteps=2,
+                   prompts=1, sample_steps=2, vae_steps=2, vae_batch=1, vae_frames=5,
+                   vae_crop=16, vae_eval=1, frames=5, size=32, curve_points=3),
+    # About two minutes per ablation on one (shared) CPU thread.
+    "small": Budget("small", (0, 1), steps=120, batch=8, clips=96, eval_clips=6, prompts=6,
+                    sample_steps=8, vae_steps=60, vae_batch=2, vae_frames=9, vae_crop=32,
+                    vae_eval=6),
+    # All six in about eight minutes on one H100 (a mini step takes a few ms there).
+    "full": Budget("full", (0, 1, 2), steps=800, batch=32, clips=1024, frames=9, eval_clips=32,
+                   prompts=32, sample_steps=25, vae_steps=400, vae_batch=8, vae_frames=17,
+                   vae_crop=64, vae_eval=32, warmup=60),
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+
+# Small shared pieces
+
+
+def summary(values: Sequence[float]) -> dict:
+    """``{"mean", "std", "min", "max", "n", "values"}`` over seeds (std 0 for one seed); NaN
+    values (a metric a seed could not measure) are kept in ``values`` but left out of the rest."""
+    v = torch.tensor([float(x) for x in values], dtype=torch.float64)
+    ok = v[torch.isfinite(v)]
+    if len(ok) == 0:
+        ok = torch.tensor([math.nan], dtype=torch.float64)
+    return {
+        "mean": ok.mean().item(),
+        "std": ok.std().item() if len(ok) > 1 else 0.0,
+        "min": ok.min().item(),
+        "max": ok.max().item(),
+        "n": int(torch.isfinite(v).sum()),
+        "values": [float(x) for x in v],
+    }
+
+
+def curve(losses: Sequence[float], points: int) -> list[float]:
+    """A loss curve as ``points`` window means (shorter curves are kept whole)."""
+    n = len(losses)
+    if n <= points:
+        return [float(x) for x in losses]
+    edges = [round(i * n / points) for i in range(points + 1)]
+    return [sum(losses[a:b]) / (b - a) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def detrended_std(losses: Sequence[float], window: int = 9) -> float:
+    """Std of the step-to-step noise of a loss curve: each loss minus its centred moving mean."""
+    x = torch.tensor(losses, dtype=torch.float64)
+    if len(x) < window + 2:
+        window = max(1, len(x) // 2 * 2 - 1)
+    k = torch.ones(1, 1, window, dtype=torch.float64) / window
+    smooth = torch.nn.functional.conv1d(x[None, None], k)[0, 0]
+    half = window // 2
+    resid = x[half : len(x) - half] - smooth
+    return resid.std().item() if len(resid) > 1 else 0.0
+
+
+def seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def vae_metrics(vae: VAE3D, videos: torch.Tensor, device: str) -> dict[str, float]:
+    """Mean PSNR (dB) and flicker (8-bit levels) of ``vae``'s reconstructions of ``videos``."""
+    vae.eval()
+    ps, fl = [], []
+    for video in videos.split(4):
+        video = video.to(device)
+        recon = vae.decode(vae.encode(video).mean).clamp(-1, 1)
+        ps.append(psnr(recon, video).cpu())
+        fl.append(flicker_score(recon, video).cpu())
+    return {"psnr": torch.cat(ps).mean().item(), "flicker": torch.cat(fl).mean().item()}
+
+
+def vae_cfg(budget: Budget, seed: int, steps: int | None = None) -> VAETrainConfig:
+    return VAETrainConfig(
+        steps=budget.vae_steps if steps is None else steps,
+        batch=budget.vae_batch,
+        frames=budget.vae_frames,
+        size=max(budget.size, budget.vae_crop),
+        crop=budget.vae_crop,
+        warmup=max(1, min(50, budget.vae_steps // 4)),
+        seed=seed,
+        pool=min(512, max(8, budget.vae_steps * budget.vae_batch // 2)),
+    )
+
+
+_LATENT_VAE: dict[tuple, tuple[VAE3D, str]] = {}
+
+
+def latent_vae(budget: Budget, device: str, log: Callable[[str], None] = print):
+    """The frozen VAE of the diffusion ablations: the shipped mini VAE when it loads, else a
+    mini VAE trained here for ``budget.vae_steps`` (cached for the process)."""
+    key = (budget.name, device)
+    if key not in _LATENT_VAE:
+        try:
+            from cogvx_mini.vae import load_mini_vae
+
+            vae, origin = load_mini_vae(), "shipped mini VAE (assets/vae_mini.safetensors)"
+        except (FileNotFoundError, RuntimeError, KeyError) as err:
+            log(f"no usable shipped mini VAE ({type(err).__name__}); training one first")
+            seed_all(1234)  # the same VAE whatever ran before in this process
+            vae = VAE3D(VAEConfig.mini())
+            train_vae(vae.to(device), vae_cfg(budget, seed=1234), progress=False)
+            m = vae_metrics(vae, held_out_videos(4, budget.frames, budget.size), device)
+            origin = f"mini VAE trained here: {budget.vae_steps} steps, PSNR {m['psnr']:.1f} dB"
+        _LATENT_VAE[key] = (vae.to(device).eval().requires_grad_(False), origin)
+    return _LATENT_VAE[key]
+
+
+def latent_dataset(
+    budget: Budget,
+    device: str,
+    count: int,
+    lengths: Sequence[int],
+    buckets: Sequence[Bucket],
+    first_seed: int = 0,
+    latent_scale: float | None = None,
+    size: int | None = None,
+) -> LatentDataset:
+    """Toy clips (training split) encoded by the latent VAE, frame-packed into ``buckets``
+    (cached for the process: the ablations share their training and evaluation sets)."""
+    key = (
+        budget.name,
+        device,
+        count,
+        tuple(lengths),
+        tuple(buckets),
+        first_seed,
+        latent_scale,
+        size,
+    )
+    if key not in _DATASETS:
+        _DATASETS[key] = _latent_dataset(
+            budget, device, count, lengths, buckets, first_seed, latent_scale, size
+        )
+    return _DATASETS[key]
+
+
+_DATASETS: dict[tuple, LatentDataset] = {}
+
+
+def _latent_dataset(budget, device, count, lengths, buckets, first_seed, latent_scale, size):
+    vae, origin = latent_vae(budget, device)
+    size = size or budget.size
+    clips = toy_clips(count, lengths, size, size, first_seed=first_seed)
+    # The VAE lives on ``device``; cache_latents encodes there and keeps the cache on the CPU.
+    data = cache_latents(clips, vae, ToyTextEncoder(), buckets, latent_scale, progress=False)
+    data.meta["vae"] = origin
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Diffusion training on any device (the mini recipe without EMA or checkpoints)
+
+
+def train_diffusion(
+    model: CogVideoXTransformer,
+    data: LatentDataset,
+    budget: Budget,
+    seed: int,
+    device: str,
+    strata: int | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``budget.steps`` on ``data`` with the mini loop: v-loss, AdamW with
+    warm-up then a constant rate, gradient clipping, 10% caption dropout; timesteps stratified
+    over ``strata`` simulated ranks (default: the batch, CogVideoX's explicit uniform sampling;
+    1 = independent draws). The raw weights (not the EMA) are what the arm is evaluated on."""
+    cfg = TrainConfig(
+        steps=budget.steps,
+        batch_size=budget.batch,
+        lr=budget.lr,
+        warmup=budget.warmup,
+        final_lr_ratio=1.0,  # no decay: the arms are compared at a constant rate
+        timestep_strata=budget.batch if strata is None else strata,
+        snr_shift_scale=NoiseSchedule().snr_shift_scale,  # the schedule eval_loss uses
+        seed=seed,
+    )
+    result = train(model.to(device), data, cfg, None, progress=False)
+    model.eval()
+    return result
+
+
+@torch.no_grad()
+def eval_loss(model: CogVideoXTransformer, data: LatentDataset, timesteps: int, device: str):
+    """Mean v-loss over ``data``'s clips (posterior means) at ``timesteps`` evenly spaced
+    timesteps with fixed noise: the same noise and timesteps for every arm."""
+    schedule = NoiseSchedule()
+    gen = torch.Generator().manual_seed(0)
+    ts = torch.linspace(20, schedule.num_train_timesteps - 20, timesteps).long()
+    total, n = 0.0, 0
+    for clip in data.clips:
+        x0 = (clip.mean * data.latent_scale)[None].expand(timesteps, *clip.mean.shape)
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = add_noise(schedule, x0, noise, ts)
+        text = clip.text[None].expand(timesteps, *clip.text.shape)
+        pred = model(x_t.to(device), text.to(device), ts.to(device)).float()
+        total += v_loss(pred, v_target(schedule, x0, noise, ts).to(device)).item()
+        n += 1
+    return total / max(n, 1)
+
+
+def _pipeline(model: CogVideoXTransformer, data: LatentDataset, budget: Budget, device: str):
+    from cogvx_mini.pipeline import Pipeline
+
+    vae, _ = latent_vae(budget, device)
+    return Pipeline(model.eval(), vae, ToyTextEncoder(), NoiseSchedule(), data.latent_scale)
+
+
+@torch.no_grad()
+def judged_generations(
+    model: CogVideoXTransformer,
+    data: LatentDataset,
+    budget: Budget,
+    seed: int,
+    device: str,
+    frames: int | None = None,
+) -> dict[str, float]:
+    """Generate ``budget.prompts`` videos for unseen training-split captions and read them with
+    the judge: mean text-alignment score, share of objects moving the captioned way, and the
+    position tracks' RMS distance (pixels) from a constant-velocity line (large-motion
+    consistency: an object that jumps or stalls scores high)."""
+    from cogvx_mini.data.toyworld import judge_details
+    from cogvx_mini.pipeline import evaluation_prompts, generate
+
+    pipe = _pipeline(model, data, budget, device)
+    prompts = evaluation_prompts("train", budget.prompts, first_seed=10_000 + 97 * seed)
+    videos = generate(
+        prompts,
+        pipe,
+        frames=frames or budget.frames,
+        height=budget.size,
+        width=budget.size,
+        steps=budget.sample_steps,
+        guidance=budget.guidance,
+        seed=seed,
+        progress=False,
+    )
+    scores, moving, residuals = [], [], []
+    for video, prompt in zip(videos, prompts, strict=True):
+        verdict = judge_details(video, prompt)
+        scores.append(verdict.score)
+        for obj in verdict.objects:
+            moving.append(float(obj.direction_ok))
+            if len(obj.track) >= 3:
+                residuals.append(track_residual(obj.track))
+    return {
+        "judge_score": sum(scores) / len(scores),
+        "direction_ok": sum(moving) / max(len(moving), 1),
+        "track_residual_px": sum(residuals) / len(residuals) if residuals else math.nan,
+    }
+
+
+@torch.no_grad()
+def judge_ceiling(data: LatentDataset, budget: Budget, device: str) -> float:
+    """The judge's mean score of the latent VAE's reconstructions of ``budget.prompts`` real
+    clips of ``data``: the best a generator can score through this VAE (1 for a perfect VAE)."""
+    from cogvx_mini.data.toyworld import judge
+
+    vae, _ = latent_vae(budget, device)
+    clips = data.clips[: budget.prompts]
+    scores = []
+    for clip in clips:
+        video = vae.decode(clip.mean[None].to(device)).clamp(-1, 1).float().cpu()
+        scores.append(judge(video[0], clip.caption))
+    return sum(scores) / max(len(scores), 1)
+
+
+def track_residual(track: Sequence[tuple[float, float]]) -> float:
+    """RMS distance (pixels) of a position track ``[(y, x), ...]`` from its least-squares
+    straight line in time (constant velocity, what the toy world renders)."""
+    p = torch.tensor(track, dtype=torch.float64)
+    t = torch.arange(len(p), dtype=torch.float64)
+    tc = t - t.mean()
+    slope = (tc[:, None] * (p - p.mean(0))).sum(0) / tc.pow(2).sum()
+    fit = p.mean(0) + tc[:, None] * slope
+    return (p - fit).pow(2).sum(1).mean().sqrt().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# The ablations
+
+
+def train_and_held(budget: Budget, device: str) -> tuple[LatentDataset, LatentDataset]:
+    """The training clips and the held-out clips (normalised alike) of one-bucket ablations."""
+    train = latent_dataset(budget, device, budget.clips, (budget.frames,), train_buckets(budget))
+    held = latent_dataset(
+        budget,
+        device,
+        budget.eval_clips,
+        (budget.frames,),
+        train_buckets(budget),
+        EVAL_SEED,
+        train.latent_scale,
+    )
+    return train, held
+
+
+def mini(**overrides) -> TransformerConfig:
+    return TransformerConfig.mini(**overrides)
+
+
+def diffusion_ablation(
+    budget: Budget,
+    seeds: Sequence[int],
+    device: str,
+    arms: dict[str, dict],
+    data_for: Callable[[str], LatentDataset],
+    evaluate: Callable[[str, CogVideoXTransformer, TrainResult, int], dict[str, float]],
+    log: Callable[[str], None],
+) -> dict:
+    """Train every arm (``{"config": TransformerConfig, "strata": int | None}``) for every seed
+    on ``data_for(arm)``; ``evaluate`` returns the arm's metrics for one seed."""
+    out = {}
+    for arm, spec in arms.items():
+        data = data_for(arm)
+        curves, metrics, seconds = [], {}, []
+        for seed in seeds:
+            seed_all(seed)
+            model = CogVideoXTransformer(spec["config"])
+            run_ = train_diffusion(model, data, budget, seed, device, spec.get("strata"))
+            curves.append(curve(run_.losses, budget.curve_points))
+            m = {"final_train_loss": sum(run_.losses[-20:]) / len(run_.losses[-20:])}
+            m.update(evaluate(arm, model, run_, seed))
+            for k, v in m.items():
+                metrics.setdefault(k, []).append(v)
+            seconds.append(run_.seconds)
+            log(f"  {arm} seed {seed}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()))
+        cfg = spec["config"]
+        out[arm] = {
+            "setting": spec["setting"],
+            "config": asdict(cfg),
+            "parameters": count_parameters(cfg),
+            "train_clips": len(data.clips),
+            "loss_curves": curves,
+            "metrics": {k: summary(v) for k, v in metrics.items()},
+            "train_seconds": summary(seconds),
+        }
+    return out
+
+
+def arms_and_judge_ceiling(budget, seeds, device, arms, train, evaluate, log) -> dict:
+    """``{"arms", "judge_ceiling"}`` of an ablation whose arms all train on ``train``."""
+    return {
+        "arms": diffusion_ablation(budget, seeds, device, arms, lambda a: train, evaluate, log),
+        "judge_ceiling": judge_ceiling(train, budget, device),
+    }
+
+
+def train_buckets(budget: Budget) -> list[Bucket]:
+    return [Bucket(budget.frames, budget.size, budget.size)]
