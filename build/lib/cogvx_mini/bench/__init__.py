@@ -1,1 +1,0 @@
-"""Benchmarks that print numbers (never timed tests): ``python -m cogvx_mini.bench NAME``."""

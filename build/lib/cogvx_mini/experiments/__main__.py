@@ -1,3 +1,0 @@
-from cogvx_mini.experiments.registry import main
-
-main()
