@@ -54,7 +54,7 @@ from cogvx_mini.curation import (
 from cogvx_mini.data.text_encoder import ToyTextEncoder
 from cogvx_mini.data.web_pool import PAPER_NAMES, WebClip, web_pool
 from cogvx_mini.experiments.common import eval_loss, summary
-from cogvx_mini.experiments.plots import verdict
+from cogvx_mini.experiments.plots import save_figure, verdict
 from cogvx_mini.frame_pack import Bucket
 from cogvx_mini.training.train import LatentDataset, TrainConfig, cache_latents, train
 
@@ -421,7 +421,7 @@ def plot_filters(result: dict, path: str | Path) -> Path:
         p, r = (t[k] if t[k] is not None else math.nan for k in ("precision", "recall"))
         ax.set_title(f"{statistic}\nP {p:.2f}  R {r:.2f}", fontsize=9)
     fig.suptitle(f"filter statistics on the held-out pool ({result['budget']} budget)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_arms(result: dict, path: str | Path) -> Path:
@@ -447,18 +447,7 @@ def plot_arms(result: dict, path: str | Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"training on curated data ({result['budget']} budget, "
                  f"{len(result['seeds'])} seeds, {result['device']})")  # fmt: skip
-    return _save(fig, path)
-
-
-def _save(fig, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def load_result(out: str | Path = "book/data") -> dict:

@@ -53,6 +53,13 @@ def plot(result: dict, path: str | Path) -> Path:
         better = "higher" if result["higher_is_better"].get(metric, False) else "lower"
         ax.set_title(f"{metric} ({better} is better)", fontsize=9)
     fig.suptitle(f"{result['name']} ({result['budget']} budget, {len(result['seeds'])} seeds)")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG, the book's resolution) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
