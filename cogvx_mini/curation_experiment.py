@@ -406,8 +406,9 @@ def plot_filters(result: dict, path: str | Path) -> Path:
 
     held = result["held_out_statistics"]
     values = torch.tensor(held["values"])
-    fig, axes = plt.subplots(1, len(STATISTICS), figsize=(3.1 * len(STATISTICS), 3.0))
-    for ax, (defect, statistic) in zip(axes, STATISTIC_OF.items(), strict=True):
+    # Three panels a row: six in one row are too small to read in the book's column.
+    fig, axes = plt.subplots(2, 3, figsize=(12, 7.5))
+    for ax, (defect, statistic) in zip(axes.flat, STATISTIC_OF.items(), strict=True):
         j = STATISTICS.index(statistic)
         for i, name in enumerate(CLASSES):
             v = values[[k for k, label in enumerate(held["labels"]) if label == name], j]
@@ -433,8 +434,8 @@ def plot_arms(result: dict, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     arms = result["arms"]
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.4 * len(METRICS), 3.2))
-    for ax, (metric, higher) in zip(axes, METRICS.items(), strict=True):
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))  # two panels a row, readable in the book
+    for ax, (metric, higher) in zip(axes.flat, METRICS.items(), strict=True):
         for i, a in enumerate(arms.values()):
             m = a[metric]
             ax.errorbar(i, m["mean"], yerr=m["std"], fmt="o", color=f"C{i}", ms=8, capsize=4)
@@ -442,7 +443,7 @@ def plot_arms(result: dict, path: str | Path) -> Path:
         if metric.startswith("judge"):
             ax.axhline(result["judge_ceiling"], color="k", ls="--", lw=0.8, label="VAE ceiling")
             ax.legend(fontsize=7)
-        ax.set_xticks(range(len(arms)), list(arms), rotation=20, fontsize=7)
+        ax.set_xticks(range(len(arms)), list(arms), rotation=20, fontsize=8)
         ax.set_title(f"{metric} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"training on curated data ({result['budget']} budget, "
