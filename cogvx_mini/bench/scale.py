@@ -83,8 +83,10 @@ def run(config, d, args, path) -> dict:
 
 def _latent_shape(config, tcfg) -> tuple[int, int, int, int]:
     """``(C, T, H, W)`` latents of the config's (first) bucket."""
-    frames, height, width = config.data.buckets[0]
-    return tcfg.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8
+    from cogvx_mini.vae import VAEConfig
+
+    _, _, t, h, w = VAEConfig.cogvideox().latent_shape((1, 3, *config.data.buckets[0]))
+    return tcfg.in_channels, t, h, w
 
 
 def _random_batch(config, tcfg, d) -> dict[str, torch.Tensor]:

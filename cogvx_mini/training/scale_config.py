@@ -222,9 +222,10 @@ def _validate_optim(o: OptimSection) -> None:
 
 def video_tokens(bucket: list[int] | tuple[int, int, int], patch_size: int = 2) -> int:
     """Video tokens of a pixel-space bucket ``(frames, height, width)`` (49x480x720 -> 17,550)."""
-    frames, height, width = bucket
-    t = (frames - 1) // 4 + 1
-    return t * (height // (8 * patch_size)) * (width // (8 * patch_size))
+    from cogvx_mini.vae import VAEConfig
+
+    _, _, t, h, w = VAEConfig.cogvideox().latent_shape((1, 3, *bucket))
+    return t * (h // patch_size) * (w // patch_size)
 
 
 def check_world(config: ScaleConfig, world_size: int, num_heads: int, patch_size: int = 2) -> int:
