@@ -54,6 +54,7 @@ from cogvx_mini.data.cache_index import (
     identity_key,
     tensors_digest,
 )
+from cogvx_mini.weights.checkpoint import write_text_atomic
 
 VIDEO_SUFFIXES = {".mp4", ".gif", ".webm", ".mov", ".avi", ".mkv"}
 VideoEncoder = Callable[[torch.Tensor], torch.Tensor]  # [1, 3, T, H, W] -> [C, T', H', W']
@@ -134,12 +135,6 @@ def frame_stride(frames_available: int, frames: int) -> int:
     return max(1, frames_available // frames)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _read_index(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -159,7 +154,7 @@ def cached_identities(out: Path, items: list[Item], prune: bool) -> set[str]:
         done.update(identity_key(e) for e in current)
         if prune and len(current) < len(entries):
             stale += len(entries) - len(current)
-            _atomic_text(index, "".join(json.dumps(e) + "\n" for e in current))
+            write_text_atomic(index, "".join(json.dumps(e) + "\n" for e in current))
     if stale:
         warnings.warn(
             f"dropped {stale} stale cache entries (videos changed or unlisted)", stacklevel=2
@@ -254,9 +249,9 @@ def _write_shard(out: Path, name: str, tensors: dict, lines: list[str], unreadab
 
     if tensors:
         save_weights(tensors, out / f"{name}.safetensors")
-        _atomic_text(out / f"{name}.jsonl", "\n".join(lines) + "\n")
+        write_text_atomic(out / f"{name}.jsonl", "\n".join(lines) + "\n")
     if unreadable:
-        _atomic_text(out / f"unreadable_{name[6:]}.jsonl", "\n".join(unreadable) + "\n")
+        write_text_atomic(out / f"unreadable_{name[6:]}.jsonl", "\n".join(unreadable) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------

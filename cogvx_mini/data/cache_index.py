@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from cogvx_mini.weights.checkpoint import hash_file_into
+
 MANIFEST = "manifest.json"
 SMALL_FILE = 1 << 20  # files up to 1 MiB (configs, tokenizers) are fingerprinted by content
 
@@ -42,9 +44,7 @@ def fingerprint(path: str | Path) -> str:
     for file in files:
         digest.update(f"{file.relative_to(path.parent).as_posix()}:{file.stat().st_size};".encode())
         if path.is_file() or file.stat().st_size <= SMALL_FILE:
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    digest.update(block)
+            hash_file_into(digest, file)
     return digest.hexdigest()
 
 

@@ -171,8 +171,17 @@ def check_digests(folder: str | Path, expected: dict[str, str]) -> list[str]:
 
 def sha256_of(path: Path) -> str:
     """SHA-256 (hex) of one file."""
-    h = hashlib.sha256()
+    return hash_file_into(hashlib.sha256(), path).hexdigest()
+
+
+def hash_file_into(digest, path: str | Path):
+    """Feed the bytes of the file at ``path`` to ``digest`` (a hashlib object) in 16 MiB blocks."""
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
+            digest.update(block)
+    return digest
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (the temporary-file-then-rename of the checkpoints)."""
+    return _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
