@@ -1,4 +1,5 @@
-"""Controls that work on the static web page of the book, where no Jupyter kernel runs.
+"""Controls that work on the static web page of the book, where no Jupyter kernel runs, and the
+printing of the library's own code on the page.
 
 An ``ipywidgets.interact`` needs a kernel to redraw; the book's HTML pages have none. ``explorer``
 draws the figure for every combination of a few parameter values while the chapter executes and
@@ -11,14 +12,19 @@ from __future__ import annotations
 
 import base64
 import html
+import inspect
 import io
 import itertools
 import json
+import textwrap
 import uuid
 from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 from IPython.display import HTML
+from pygments import highlight
+from pygments.formatters import HtmlFormatter
+from pygments.lexers import PythonLexer
 
 
 def _png(fig: plt.Figure) -> str:
@@ -71,3 +77,38 @@ _SWITCH = """function (box) {
   });
   root.querySelector('img').src = window.cogvxPictures[box][key.join('|')];
 }"""
+
+
+class LibraryCode:
+    """The source of a library function, class or method, shown with its file and line numbers.
+
+    Read from the module at run time (``inspect``), so the page always shows the code that runs:
+    syntax-coloured HTML in JupyterLab and on the web page, plain text elsewhere.
+    """
+
+    def __init__(self, obj: object) -> None:
+        lines, first = inspect.getsourcelines(obj)
+        path = inspect.getsourcefile(obj) or "?"
+        self.where = path[path.rfind("cogvx_mini") :] if "cogvx_mini" in path else path
+        self.source = textwrap.dedent("".join(lines))
+        self.span = f"lines {first}–{first + len(lines) - 1}"
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        body = highlight(
+            self.source, PythonLexer(), HtmlFormatter(noclasses=True, nobackground=True)
+        )
+        head = (
+            f"<div style='font-size:85%;opacity:.75'><code>{self.where}</code>, {self.span}</div>"
+        )
+        return {
+            "text/html": head + body,
+            "text/plain": f"# {self.where}, {self.span}\n{self.source}",
+        }
+
+
+def show_code(*objects: object) -> None:
+    """Display the library's source of each object (function, class, method) in turn."""
+    from IPython.display import display
+
+    for obj in objects:
+        display(LibraryCode(obj))
