@@ -178,12 +178,21 @@ def judge_scores(
     """The toy-world judge's score of a generated video for each prompt (text alignment)."""
     from cogvx_mini.data.toyworld import judge
 
-    scores = []
+    verdicts = judge_videos(pipe, prompts, (judge,), batch_size, **generate_kwargs)
+    return [score for (score,) in verdicts]
+
+
+def judge_videos(
+    pipe: Pipeline, prompts: list[str], judges: tuple, batch_size: int = 16, **generate_kwargs
+) -> list[tuple]:
+    """Generate a video for each prompt (in batches) and apply each ``judge(video, prompt)`` of
+    ``judges`` to it: one tuple of verdicts per prompt. The videos are not kept."""
+    verdicts = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         videos = generate(chunk, pipe, **{"progress": False, **generate_kwargs})
-        scores += [judge(v, p) for v, p in zip(videos, chunk, strict=True)]
-    return scores
+        verdicts += [tuple(j(v, p) for j in judges) for v, p in zip(videos, chunk, strict=True)]
+    return verdicts
 
 
 def save_videos(

@@ -565,11 +565,36 @@ class VAE3D(nn.Module):
 
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
+        if "vae_config" in meta:  # the architecture it was trained with (vae_train --model)
+            config = replace(config, **architecture_from_json(meta["vae_config"]))
         if "scaling_factor" in meta:
             config = replace(config, scaling_factor=float(meta["scaling_factor"]))
         vae = cls(config)
         vae.load_state_dict(load_weights(path))
         return vae.eval()
+
+
+ARCHITECTURE_FIELDS = ("block_out_channels", "layers_per_block", "norm_groups", "latent_channels")
+
+
+def architecture_json(config: VAEConfig) -> str:
+    """The fields of ``config`` that decide the weights' shapes, as JSON (stored with weights)."""
+    import json
+
+    return json.dumps({name: getattr(config, name) for name in ARCHITECTURE_FIELDS})
+
+
+def architecture_from_json(text: str) -> dict:
+    """The inverse of :func:`architecture_json`: keyword arguments for ``replace(config, ...)``."""
+    import json
+
+    fields = json.loads(text)
+    unknown = sorted(set(fields) - set(ARCHITECTURE_FIELDS))
+    if unknown:
+        raise ValueError(f"vae_config: unknown keys {unknown}; expected {ARCHITECTURE_FIELDS}")
+    if "block_out_channels" in fields:
+        fields["block_out_channels"] = tuple(fields["block_out_channels"])
+    return fields
 
 
 def load_mini_vae(path: str | Path | None = None) -> VAE3D:

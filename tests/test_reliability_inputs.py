@@ -90,6 +90,7 @@ def test_precompute_rerun_encodes_new_and_changed_videos_only(tmp_path):
 
 def test_precompute_refuses_a_cache_made_with_another_config(tmp_path):
     from cogvx_mini.vae import VAE3D, VAEConfig
+    from cogvx_mini.weights.assets import asset_metadata
     from cogvx_mini.weights.checkpoint import save_weights
 
     data = tmp_path / "data"
@@ -100,7 +101,8 @@ def test_precompute_refuses_a_cache_made_with_another_config(tmp_path):
     args += ["--config", str(CONFIGS / "tiny.yaml"), "--vae-config", "mini"]
     precompute_cli.main([*args, "--vae-weights", "mini"])
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())["config"]
-    assert manifest["vae_scaling_factor"] == pytest.approx(1.364, abs=1e-3)
+    shipped = float(asset_metadata("vae_mini.safetensors")["scaling_factor"])
+    assert manifest["vae_scaling_factor"] == pytest.approx(shipped, abs=1e-6)
     assert manifest["buckets"] == [[9, 32, 32], [5, 32, 32]] and manifest["text_length"] == 8
     with pytest.raises(ValueError, match=r"made with another \(vae: cache"):
         precompute_cli.main([*args, "--vae-weights", str(other)])

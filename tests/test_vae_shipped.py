@@ -9,7 +9,7 @@ from cogvx_mini.vae_2d import load_mini_vae2d, psnr
 
 # Held-out PSNR of the shipped weights on 4 held-out 17x64x64 videos, measured at export (see
 # the safetensors metadata), minus a margin of 1 dB for platform differences.
-PSNR_BAR_3D = 26.9  # measured 27.93 dB (1231 GPU steps of batch 8)
+PSNR_BAR_3D = 33.9  # measured 34.92 dB (3,300 GPU steps of batch 32; 30.23 dB on 32 videos)
 PSNR_BAR_2D = 22.3  # measured 23.36 dB (1258 steps)
 
 
@@ -35,15 +35,18 @@ def test_shipped_per_frame_baseline():
 
 def test_tiled_decode_close_to_untiled():
     # 96x96 frames in 64x64 tiles (2x2 tiles, 16-pixel blends): with the trained weights, tiled
-    # decoding agrees with untiled decoding to at least 32 dB PSNR (measured 33.5 dB; each tile
-    # has its own GroupNorm statistics, so tiles cannot match the whole frame exactly).
+    # decoding agrees with untiled decoding to at least 31 dB PSNR (measured 31.4 dB with the
+    # shipped weights, 33.5 dB with the previous ones; each tile has its own GroupNorm
+    # statistics, so tiles cannot match the whole frame exactly), and costs the reconstruction
+    # of the true video at most 0.5 dB (measured 0.15 dB).
     vae = load_mini_vae()
     video = sample_video(1_000_000, 5, 96, 96)[0][None]
     with torch.no_grad():
         z = vae.encode(video).mean
         untiled, tiled = vae.decode(z), vae.decode(z, tiled=True)
     assert tiled.shape == untiled.shape == video.shape
-    assert psnr(tiled, untiled.clamp(-1, 1)) >= 32.0
+    assert psnr(tiled, untiled.clamp(-1, 1)) >= 31.0
+    assert psnr(tiled, video) >= psnr(untiled, video) - 0.5
     assert not torch.equal(tiled, untiled)
 
 

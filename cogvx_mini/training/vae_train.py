@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cogvx_mini.data.toyworld import sample_video
+from cogvx_mini.data.toyworld import palette_colour_errors, sample_video
 from cogvx_mini.training.overrides import with_overrides
 from cogvx_mini.training.schedule import LRSchedule
 from cogvx_mini.training.step import NonFiniteLossError, check_finite, optimizer_step
-from cogvx_mini.vae import VAE3D, VAEConfig
+from cogvx_mini.vae import VAE3D, VAEConfig, architecture_json
 from cogvx_mini.vae_2d import per_frame_config, psnr
 from cogvx_mini.weights.checkpoint import (
     load_checkpoint,
@@ -52,6 +53,8 @@ class VAETrainConfig:
     crop: int = 32  # training crop (the VAE is fully convolutional)
     lr: float = 1e-3
     warmup: int = 50
+    lr_decay: str = "constant"  # or "cosine" / "linear" to min_lr_ratio * lr at the last step
+    min_lr_ratio: float = 0.0
     kl_weight: float = 1e-3
     perceptual_weight: float = 0.0
     gan_weight: float = 0.0
@@ -67,7 +70,10 @@ class VAETrainConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.crop > self.size:
             raise ValueError(f"crop: expected at most size ({self.size}), got {self.crop}")
-        LRSchedule(self.lr, self.warmup, self.steps, "constant")  # validates lr and warmup
+        self.lr_schedule()  # validates lr, warmup and the decay
+
+    def lr_schedule(self) -> LRSchedule:
+        return LRSchedule(self.lr, self.warmup, self.steps, self.lr_decay, self.min_lr_ratio)
 
 
 class PatchDiscriminator3D(nn.Module):
@@ -92,7 +98,7 @@ class PatchDiscriminator3D(nn.Module):
         return self.net(video)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=8192)  # the largest pool a run renders once
 def _scene_video(seed: int, frames: int, size: int) -> torch.Tensor:
     return sample_video(seed, frames, size, size)[0].half()  # cached in half to save memory
 
@@ -120,16 +126,22 @@ def held_out_videos(n: int, frames: int = 17, size: int = 64) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(vae: VAE3D, videos: torch.Tensor) -> dict[str, float]:
-    """Mean reconstruction PSNR (dB) and latent std (posterior means) over ``videos``."""
+    """Mean reconstruction PSNR (dB), latent std (posterior means) and the colour error per
+    palette colour (:func:`~cogvx_mini.data.toyworld.palette_colour_errors`) over ``videos``."""
     was_training = vae.training
     vae.eval()
-    psnrs, latents = [], []
+    psnrs, latents, recons = [], [], []
     for video in videos.split(1):
         z = vae.encode(video).mean
-        psnrs.append(psnr(vae.decode(z), video))
+        recons.append(vae.decode(z).clamp(-1, 1))
+        psnrs.append(psnr(recons[-1], video))
         latents.append(z.flatten())
     vae.train(was_training)
-    return {"psnr": torch.cat(psnrs).mean().item(), "latent_std": torch.cat(latents).std().item()}
+    return {
+        "psnr": torch.cat(psnrs).mean().item(),
+        "latent_std": torch.cat(latents).std().item(),
+        "colour_error": palette_colour_errors(torch.cat(recons), videos),
+    }
 
 
 def vae_loss(
@@ -190,6 +202,7 @@ class VAERun:
             "losses": self.losses,
             "generator": self.gen.get_state(),
             "config": asdict(cfg),
+            "architecture": architecture_json(self.vae.config),
         }
         if self.disc is not None:
             state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict())
@@ -201,6 +214,12 @@ class VAERun:
         changed = sorted(
             k for k, v in state["config"].items() if k not in RESUMABLE_CHANGES and ours.get(k) != v
         )
+        stored = state.get("architecture", architecture_json(self.vae.config))
+        if stored != architecture_json(self.vae.config):
+            raise ValueError(
+                f"{path} holds a VAE of another architecture ({stored} -> "
+                f"{architecture_json(self.vae.config)}); use a new --out folder or the same --model"
+            )
         if changed:
             diff = ", ".join(f"{k}: {state['config'][k]!r} -> {ours.get(k)!r}" for k in changed)
             raise ValueError(
@@ -242,7 +261,7 @@ def train_vae(
     if cfg.perceptual_weight > 0 and perceptual is None:
         raise ValueError("perceptual_weight > 0 needs a perceptual network (LPIPS is not shipped)")
     device = next(vae.parameters()).device  # batches are drawn on the CPU, then moved there
-    run, lr = VAERun.start(vae, cfg), LRSchedule(cfg.lr, cfg.warmup, cfg.steps, "constant")
+    run, lr = VAERun.start(vae, cfg), cfg.lr_schedule()
     path = Path(out) / STATE_NAME if out is not None else None
     if path is not None:
         remove_stale_temporaries(path)
@@ -289,6 +308,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda (resumes exactly on either)")
     p.add_argument("--eval-videos", type=int, default=16)
     p.add_argument(
+        "--model",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="VAEConfig overrides of the mini (or per-frame) VAE: block_out_channels=[16,48,64,96]",
+    )
+    p.add_argument(
         "--export-only", action="store_true", help="export the weights of the saved state as is"
     )
     # Every VAETrainConfig field is a flag (--lr 1e-3), read by the one override parser.
@@ -308,11 +334,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         cfg = with_overrides(VAETrainConfig(), args.set, "vae_train")
+        base = per_frame_config() if args.per_frame else VAEConfig.mini()
+        model_cfg = with_overrides(base, args.model, "--model")
     except (TypeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_cfg = per_frame_config() if args.per_frame else VAEConfig.mini()
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     vae = VAE3D(model_cfg).to(args.device)
     start = time.perf_counter()
@@ -336,7 +363,8 @@ def export(vae: VAE3D, cfg: VAETrainConfig, args: argparse.Namespace, minutes: f
     metrics["scaling_factor"] = 1.0 / metrics["latent_std"]  # latents * factor have unit std
     name = "vae2d_mini.safetensors" if args.per_frame else "vae_mini.safetensors"
     meta = {**asdict(cfg), **metrics, "minutes": minutes, "trained_steps": cfg.steps}
-    meta = {k: str(v) for k, v in meta.items()}
+    meta["vae_config"] = architecture_json(vae.config)
+    meta = {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in meta.items()}
     # Shipped in float16 (half the size; loading casts back to the model's float32).
     weights = {k: v.half() if v.is_floating_point() else v for k, v in vae.state_dict().items()}
     save_weights(weights, Path(args.out) / name, metadata=meta)
