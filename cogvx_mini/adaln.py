@@ -1,7 +1,9 @@
 """Expert AdaLN: one timestep, two modalities, separate modulation for text and video.
 
-Text tokens (T5 features) and video tokens (VAE patches) live on very different scales even after
-their projections to the transformer's width. CogVideoX [@yang2024cogvideox] keeps them in one
+Text tokens (T5 features) and video tokens (VAE patches) play different roles and have different
+feature statistics: other channels are active, with other means and spreads. A LayerNorm equalises
+each token's scale but not these, so one shared modulation per channel would have to serve two
+distributions. CogVideoX [@yang2024cogvideox] keeps them in one
 sequence and one set of attention and feed-forward weights, and gives each modality its own
 *expert* adaptive LayerNorm [@peebles2023dit]: the timestep embedding ``temb`` is mapped to a
 shift, scale and gate for the video tokens and another shift, scale and gate for the text tokens,

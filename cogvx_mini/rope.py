@@ -11,10 +11,12 @@ video queries and keys only; text tokens carry no position.
 patch embedding: a quarter of the width encodes ``t``, the rest ``(w, h)``, each as
 ``[sin | cos]`` of ``position / interpolation_scale`` at geometric frequencies.
 
-Position grids: a grid larger than the training grid either *extrapolates* (positions ``0, 1,
-2, ...``: the front of a larger table, new positions never seen in training) or *interpolates*
-(the grid is squeezed into the training range, positions become fractional). CogVideoX 1.0's
-RoPE interpolates a video of another size into its 30 x 45 base grid.
+Position grids: a grid of another size either *extrapolates* (positions ``0, 1, 2, ...`` at
+every size: the front of one larger table; a grid larger than any trained on reaches positions
+never seen in training) or *interpolates* (the grid is squeezed into the base grid's range,
+positions become fractional). CogVideoX trains with the first (its released training code slices
+the front of one table for every sample); diffusers' CogVideoX 1.0 pipeline interpolates a video
+of another size into the 30 x 45 base grid at sampling time. On the base grid both are equal.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def sincos_3d(
 
     Channels: ``dim/4`` for time, then ``3dim/8`` for the column ``w`` and ``3dim/8`` for the row
     ``h`` (the reference's order). Positions are divided by the interpolation scales: 2B was
-    trained with ``spatial_scale = 1.875``, so its 30 x 45 grid spans 0..24 rows of a table.
+    trained with ``spatial_scale = 1.875``, so its 30 x 45 grid spans rows 0..15.5 and columns
+    0..23.5, the positions of a 16 x 24 grid.
     """
     if dim % 16:
         raise ValueError(f"expected a width divisible by 16 for the 3D sincos embedding, got {dim}")
