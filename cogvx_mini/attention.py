@@ -77,10 +77,21 @@ def naive_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Reference ``softmax(q kᵀ/√d) v`` in float64; ``mask [S_q, S_k]`` bool, True = allowed."""
+    return (attention_probs(q, k, mask) @ v.double()).to(q.dtype)
+
+
+def attention_probs(
+    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The attention weights ``softmax(q kᵀ/√d)`` in float64: ``[..., S_q, S_k]``, rows sum to 1.
+
+    ``mask [S_q, S_k]`` bool, True = allowed (a masked pair gets weight 0). For figures and tests;
+    the model never forms this matrix.
+    """
     scores = q.double() @ k.double().transpose(-1, -2) / q.shape[-1] ** 0.5
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return (scores.softmax(dim=-1) @ v.double()).to(q.dtype)
+    return scores.softmax(dim=-1)
 
 
 def connectivity(grid: tuple[int, int, int], kind: str = "full", text_len: int = 0) -> torch.Tensor:
@@ -202,13 +213,13 @@ class Attention(nn.Module):
         """``o [B, S, heads·head_dim]`` -> ``[B, S, D]``."""
         return self.out(o)
 
-    def forward(
+    def qkv_heads(
         self,
         x: torch.Tensor,
         text_len: int,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-        grid: tuple[int, int, int] | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x [B, S, D]`` -> ``q, k, v [B, heads, S, head_dim]``, QK-normed, video rows rotated."""
         q, k, v = (y.transpose(1, 2) for y in self.project(x, text_len))  # [B, heads, S, d] views
         if rope is not None:
             cos, sin = rope
@@ -223,6 +234,16 @@ class Attention(nn.Module):
             cos = torch.cat([cos.new_ones(n_text, cos.shape[1]), cos])
             sin = torch.cat([sin.new_zeros(n_text, sin.shape[1]), sin])
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return q, k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        text_len: int,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        grid: tuple[int, int, int] | None = None,
+    ) -> torch.Tensor:
+        q, k, v = self.qkv_heads(x, text_len, rope)
         if self.kind == "full":
             o = self.core(q, k, v)
         else:

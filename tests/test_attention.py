@@ -4,6 +4,7 @@ import torch
 from cogvx_mini.attention import (
     Attention,
     attend,
+    attention_probs,
     connectivity,
     naive_attention,
     reach,
@@ -43,6 +44,22 @@ def test_separated_attention_matches_the_masked_naive_softmax(kind):
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize("kind", ["full", "spatial", "temporal"])
+def test_layer_output_is_its_masked_attention_weights_times_v(kind):
+    torch.manual_seed(0)
+    layer = Attention(32, heads=2, head_dim=16, kind=kind)
+    x, rope = torch.randn(2, L + 18, 32), rope_3d(16, GRID)
+    with torch.no_grad():
+        q, k, v = layer.qkv_heads(x, L, rope)
+        probs = attention_probs(q, k, connectivity(GRID, kind, L))
+        torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs[..., 0]))
+        assert (probs[..., ~connectivity(GRID, kind, L)] == 0).all()
+        o = (probs @ v.double()).float().transpose(1, 2).flatten(2)
+        torch.testing.assert_close(
+            layer.output(o, L), layer(x, L, rope, GRID), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_next_frame_at_another_position_is_reached_only_by_full_attention():
