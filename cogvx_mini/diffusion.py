@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from cogvx_mini.checks import finite_float, integer, positive_int
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepFn = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
 def scaled_linear_betas(beta_start: float, beta_end: float, steps: int) -> torch.Tensor:
@@ -182,13 +183,21 @@ def v_loss(prediction: torch.Tensor, target: torch.Tensor, reduce: bool = True) 
     return per_sample.mean() if reduce else per_sample
 
 
-def ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
-    """Trailing spacing: ``steps`` timesteps ``[steps]`` from ``T - 1`` down, evenly spaced.
+def ddim_timesteps(
+    steps: int, num_train_timesteps: int = 1000, spacing: str = "trailing"
+) -> torch.Tensor:
+    """The ``steps`` timesteps ``[steps]`` a sampler visits, from high noise down.
 
-    ``round(arange(T, 0, -T / steps)) - 1``: the first step is always ``T - 1`` (pure noise under
-    zero terminal SNR), which the older "leading" spacing (0, 20, ..., 980) never visits.
+    ``"trailing"`` (CogVideoX's): ``round(arange(T, 0, -T / steps)) - 1``, so the first step is
+    always ``T - 1`` (pure noise under zero terminal SNR). ``"leading"`` (older DDIM setups):
+    ``arange(steps) * (T // steps)`` reversed, e.g. 980, 960, ..., 0 for 50 steps, which never
+    visits ``T - 1``. Both as in diffusers (``steps_offset = 0``).
     """
     integer("steps", steps, 1, num_train_timesteps)
+    if spacing == "leading":
+        return (torch.arange(steps) * (num_train_timesteps // steps)).flip(0)
+    if spacing != "trailing":
+        raise ValueError(f'spacing: expected "trailing" or "leading", got {spacing!r}')
     ratio = num_train_timesteps / steps
     points = torch.arange(steps, dtype=torch.float64) * ratio
     return (torch.round(num_train_timesteps - points) - 1).long()
@@ -238,13 +247,17 @@ def ddim_sample(
     dynamic_cfg: bool = False,
     progress: bool = True,
     return_trajectory: bool = False,
+    spacing: str = "trailing",
+    callback: StepFn | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Sample ``x0`` ``[B, ...]`` from pure ``noise`` ``[B, ...]`` with DDIM and guidance.
 
     ``model_fn(x_t, t)`` returns the conditional v-prediction (``t`` is ``[B]`` long);
     ``uncond_fn(x_t, t)`` the unconditional one. With ``uncond_fn`` each step uses
     ``v_u + g (v_c - v_u)``; without it, the conditional prediction alone. With
-    ``return_trajectory`` also returns ``[x_T, x_{t_1}, ..., x_0]``.
+    ``return_trajectory`` also returns ``[x_T, x_{t_1}, ..., x_0]``. ``spacing`` picks the
+    timesteps (:func:`ddim_timesteps`); ``callback(i, t, x_prev, x0)`` is called after step ``i``
+    with the new sample and that step's predicted clean sample (to watch the sampler).
     """
     schedule = schedule or NoiseSchedule.cogvideox_2b()
     if not isinstance(noise, torch.Tensor) or not noise.is_floating_point() or noise.ndim < 2:
@@ -254,14 +267,16 @@ def ddim_sample(
     finite_float("guidance", guidance, low=0.0)
     x = noise
     trajectory = [x]
-    timesteps = ddim_timesteps(steps, schedule.num_train_timesteps)
-    for t in tqdm(timesteps.tolist(), desc="DDIM", disable=not progress, leave=False):
+    timesteps = ddim_timesteps(steps, schedule.num_train_timesteps, spacing)
+    for i, t in enumerate(tqdm(timesteps.tolist(), desc="DDIM", disable=not progress, leave=False)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         v = model_fn(x, t_batch)
         if uncond_fn is not None:
             scale = guidance_scale(guidance, t, steps, dynamic_cfg)
             v_uncond = uncond_fn(x, t_batch)
             v = v_uncond + scale * (v - v_uncond)
-        x, _ = ddim_step(schedule, v, t, x, steps)
+        x, x0 = ddim_step(schedule, v, t, x, steps)
         trajectory.append(x)
+        if callback is not None:
+            callback(i, t, x, x0)
     return (x, trajectory) if return_trajectory else x

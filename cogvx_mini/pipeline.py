@@ -19,7 +19,7 @@ from torch import nn
 
 from cogvx_mini.checks import finite_float, positive_int, prompt_list
 from cogvx_mini.checks import seed as check_seed
-from cogvx_mini.diffusion import NoiseSchedule, ddim_sample
+from cogvx_mini.diffusion import NoiseSchedule, StepFn, ddim_sample
 from cogvx_mini.shapes import check_frame_count
 
 # The mini model's guidance scale: the best of the sweep 1/3/4.5/6 on the sweep prompts of
@@ -97,13 +97,16 @@ def generate(
     dynamic_cfg: bool = False,
     progress: bool = True,
     return_latents: bool = False,
+    spacing: str = "trailing",
+    callback: StepFn | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Videos ``[B, 3, frames, height, width]`` in [-1, 1] for ``B`` prompts.
 
     ``guidance`` is the CFG scale (1 = conditional only, no unconditional pass); the
     unconditional branch uses ``negative_prompt`` (empty by default, as in training's caption
     dropout). The initial noise comes from ``seed``. With ``return_latents`` also returns the
-    sampled latents ``[B, C, T', h, w]`` (already divided by the latent scale).
+    sampled latents ``[B, C, T', h, w]`` (already divided by the latent scale). ``spacing`` and
+    ``callback(i, t, x_prev, x0)`` (latents at the transformer's scale) go to :func:`ddim_sample`.
     """
     prompts = _check_generate_args(prompts, negative_prompt, pipe, frames, height, width, steps)
     finite_float("guidance", guidance, low=0.0)
@@ -137,6 +140,8 @@ def generate(
         schedule=pipe.schedule,
         dynamic_cfg=dynamic_cfg,
         progress=progress,
+        spacing=spacing,
+        callback=callback,
     )
     if not torch.isfinite(latents).all():  # one cheap scan of the result, not of every step
         raise RuntimeError("generate: sampling produced non-finite latents (NaN or inf)")

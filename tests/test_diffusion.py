@@ -171,3 +171,63 @@ def test_trajectory_equals_diffusers_cogvideox_ddim(steps, shift):
     assert len(ours) == len(expected)
     for i, (a, b) in enumerate(zip(ours, expected, strict=True)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=f"step {i}")
+
+
+def test_leading_timesteps_skip_pure_noise_and_bad_spacing_fails():
+    assert ddim_timesteps(50, spacing="leading").tolist() == list(range(980, -1, -20))
+    assert ddim_timesteps(3, spacing="leading").tolist() == [666, 333, 0]
+    with pytest.raises(ValueError, match="spacing"):
+        ddim_timesteps(10, spacing="linspace")
+
+
+@pytest.mark.parametrize("spacing,zero_snr", [("leading", True), ("trailing", False)])
+def test_other_spacings_and_schedules_equal_diffusers(spacing, zero_snr):
+    diffusers = pytest.importorskip("diffusers")
+    ref = diffusers.CogVideoXDDIMScheduler(
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        prediction_type="v_prediction",
+        timestep_spacing=spacing,
+        rescale_betas_zero_snr=zero_snr,
+        snr_shift_scale=3.0,
+    )
+    ref.set_timesteps(10)
+    sched = NoiseSchedule(snr_shift_scale=3.0, zero_terminal_snr=zero_snr)
+    assert ref.timesteps.tolist() == ddim_timesteps(10, spacing=spacing).tolist()
+    noise = torch.randn(2, 4, 3, 6, 8, generator=torch.Generator().manual_seed(4))
+    x = noise
+    for t in ref.timesteps:
+        x = ref.step(_model_outputs(x, t.expand(x.shape[0])).float(), t, x).prev_sample
+
+    def model_fn(x, t):
+        return _model_outputs(x, t).float()
+
+    ours = ddim_sample(model_fn, noise, 10, schedule=sched, progress=False, spacing=spacing)
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+
+
+def test_callback_sees_every_step_and_its_x0_prediction():
+    sched = NoiseSchedule.cogvideox_2b()
+    x0 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(6))
+
+    def oracle(x, t):  # the v that makes the prediction of x0 exact
+        a = sched.alpha(t, x.ndim).float()
+        return (a.sqrt() * x - x0) / (1 - a).sqrt().clamp_min(1e-12)
+
+    seen = []
+    _, traj = ddim_sample(
+        oracle,
+        noise,
+        5,
+        schedule=sched,
+        progress=False,
+        return_trajectory=True,
+        callback=lambda i, t, x, x0_hat: seen.append((i, t, x, x0_hat)),
+    )
+    assert [(i, t) for i, t, _, _ in seen] == list(enumerate(ddim_timesteps(5).tolist()))
+    for i, _, x, x0_hat in seen:
+        assert x is traj[i + 1]
+        torch.testing.assert_close(x0_hat, x0, rtol=1e-4, atol=1e-4)

@@ -93,3 +93,14 @@ def test_latent_shape_is_the_vae_configs():
     assert (pipe.latent_channels, pipe.spatial_compression, pipe.temporal_compression) == (16, 8, 4)
     pipe.vae.config = per_frame_config(latent_channels=4)  # no temporal compression, 4 channels
     assert pipe.latent_shape(1, 9, 32, 48) == (1, 4, 9, 4, 6)
+
+
+def test_generate_passes_spacing_and_callback_to_the_sampler():
+    pipe = tiny_pipe()
+    seen = []
+    kwargs = dict(frames=5, height=16, width=16, steps=3, progress=False, return_latents=True)
+    _, z = generate(["a red circle moves up"], pipe, callback=lambda *a: seen.append(a), **kwargs)
+    assert [t for _, t, _, _ in seen] == [999, 666, 332]
+    torch.testing.assert_close(seen[-1][2] / pipe.latent_scale, z)  # the last step's sample
+    _, leading = generate(["a red circle moves up"], pipe, spacing="leading", **kwargs)
+    assert not torch.allclose(leading, z)
