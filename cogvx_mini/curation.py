@@ -79,7 +79,8 @@ def clip_statistics(video: torch.Tensor) -> dict[str, float]:
 
 def statistics_matrix(videos: Sequence[torch.Tensor]) -> torch.Tensor:
     """``[N, 6]`` statistics (columns in :data:`STATISTICS` order) of ``N`` videos."""
-    return torch.tensor([[clip_statistics(v)[s] for s in STATISTICS] for v in videos])
+    rows = (clip_statistics(v) for v in videos)  # once per clip, not once per column
+    return torch.tensor([[row[s] for s in STATISTICS] for row in rows])
 
 
 def label_indices(labels: Sequence[str]) -> torch.Tensor:

@@ -82,6 +82,15 @@ def test_each_defect_is_flagged_by_its_statistic(defect):
         assert min(bad) > max(clean), (bad, clean)
 
 
+def test_statistics_matrix_rows_are_clip_statistics_in_column_order():
+    clips = [render_defect(sample_scene(i), d, 9, 32, 32, seed=i) for i, d in enumerate(CLASSES)]
+    stats = statistics_matrix(clips)
+    assert stats.shape == (len(clips), len(STATISTICS))
+    for row, video in zip(stats, clips, strict=True):
+        expected = torch.tensor([clip_statistics(video)[s] for s in STATISTICS])
+        torch.testing.assert_close(row, expected)
+
+
 def test_threshold_and_classifier_precision_recall():
     pool = web_pool(168, defect_share=1 / 7)
     stats = statistics_matrix([c.video for c in pool])
