@@ -26,17 +26,23 @@ demo: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/train --device $(DEVICE) --ship $(TRAIN_ARGS)
 
-# The recipe of the shipped weights (one GPU, about 20 minutes on an H200): an 8-layer, 256-wide
-# mini transformer trained in three cosine stages, each from the last one's EMA weights:
-# 7,200 steps at lr 1e-3, 7,200 at 5e-4, 3,000 at 2.5e-4.
-GPU_RECIPE := --device cuda --clips 24000 --batch-size 128 --threads 4
+# The recipe of the shipped weights (one GPU, about 15 minutes on an H200), VAE first, then the
+# transformer on its latents; both overwrite cogvx_mini/weights/assets/:
+# - the VAE: batch 32 (64x64 crops of 17-frame clips, each clip one chunk in time) on a 3,300-step
+#   cosine schedule from lr 1.5e-3, stopped after 7 minutes (the shipped file: step 2,495), wider
+#   at the lower resolutions than VAEConfig.mini();
+# - the transformer: 8 layers, 256 wide, 6,000 steps of batch 128 at lr 1e-3 (cosine to 1e-4).
+GPU_VAE := --device cuda --threads 8 --batch 32 --crop 64 --size 64 --pool 4096 --lr 1.5e-3 \
+	--warmup 100 --kl-weight 1e-3 --steps 3300 --lr-decay cosine --min-lr-ratio 0.02 \
+	--save-every 1000 --eval-videos 32 --max-minutes 7.0 \
+	--model block_out_channels=[16,48,64,96] encode_chunk_frames=16 decode_chunk_latents=8
+GPU_TRANSFORMER := --device cuda --clips 24000 --batch-size 128 --threads 8 --steps 6000 --lr 1e-3 \
+	--model num_layers=8 num_heads=8
 train-gpu: $(STAMP)
-	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/stage1 $(GPU_RECIPE) --steps 7200 --lr 1e-3 \
-		--model num_layers=8 num_heads=8
-	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/stage2 $(GPU_RECIPE) --steps 7200 --lr 5e-4 \
-		--init-from $(OUT)/stage1/transformer_mini.safetensors
-	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/stage3 $(GPU_RECIPE) --steps 3000 --lr 2.5e-4 \
-		--init-from $(OUT)/stage2/transformer_mini.safetensors --ship
+	$(BIN)/python -m cogvx_mini.training.vae_train --out $(OUT)/vae $(GPU_VAE)
+	cp $(OUT)/vae/vae_mini.safetensors cogvx_mini/weights/assets/vae_mini.safetensors
+	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/transformer $(GPU_TRANSFORMER) \
+		--vae-weights $(OUT)/vae/vae_mini.safetensors --ship
 
 # book executes every page once and makes every check of book-check while it writes the HTML
 # site, which browser-test then opens page by page in headless Chromium.

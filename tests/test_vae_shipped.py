@@ -9,7 +9,7 @@ from cogvx_mini.vae_2d import load_mini_vae2d, psnr
 
 # Held-out PSNR of the shipped weights on 4 held-out 17x64x64 videos, measured at export (see
 # the safetensors metadata), minus a margin of 1 dB for platform differences.
-PSNR_BAR_3D = 33.9  # measured 34.92 dB (3,300 GPU steps of batch 32; 30.23 dB on 32 videos)
+PSNR_BAR_3D = 33.9  # measured 34.92 dB (2,495 GPU steps of batch 32; 30.23 dB on 32)
 PSNR_BAR_2D = 22.3  # measured 23.36 dB (1258 steps)
 
 

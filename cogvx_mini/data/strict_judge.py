@@ -5,21 +5,25 @@ move smoothly, and be the only objects there.
 present in half the frames, its *typical* area and shape are right, its centroid track goes the
 right way. A video in which two objects merge into one patch for a few frames, or in which a
 square turns into a blob half-way, can still pass. :func:`strict_judge` asks, per captioned
-object, six questions of every frame, each worth one sixth:
+object, six questions of every frame:
 
 1. **persistent** — the colour is present in at least 90% of the frames;
 2. **whole** — in at least 80% of those frames one connected blob holds 90% of its pixels (a
    split or a smear over another object fails);
-3. **shape** — the per-frame shape is the captioned one in at least 70% of the frames (ground
+3. **shape** — the per-frame shape is the captioned one in at least half the frames (ground
    truth loses a few frames to occlusion);
-4. **size** — the per-frame area is nearer the captioned size than the other in at least 70%;
+4. **size** — the per-frame area is nearer the captioned size than the other in half of them;
 5. **direction** — the centroid track goes the captioned way (the old judge's test);
 6. **smooth** — no centroid jump between consecutive frames larger than three times the
    per-frame travel of the caption (an object that vanishes and reappears elsewhere fails).
 
-As in the old judge, each uncaptioned colour found in the video counts as a missed object, so
-the object count must be right too. Ground truth scores at least 0.97 on the evaluation prompts
-(``tests/test_strict_judge.py``).
+Frames in which the object touches another one (within 2 pixels; or, when it is absent, was
+touching one in the nearest frame it was seen: hidden behind it) are excused from checks 1-4 and
+6, since occlusion cuts and hides objects in the ground truth too. An object scores the mean of
+checks 1, 3, 4 and 5 if it passes 2 and 6, and 0 if it does not: a merged, split or jumping blob
+is not the captioned object at all. As in the old judge, each uncaptioned colour found in the
+video counts as a missed object, so the object count must be right too. Ground truth scores at
+least 0.97 on the evaluation prompts (``tests/test_strict_judge.py``).
 """
 
 from __future__ import annotations
@@ -59,7 +63,11 @@ class StrictObjectVerdict:
 
     @property
     def score(self) -> float:
-        return sum(self.checks.values()) / len(CHECKS)
+        """The mean of the four attribute checks, zero unless the object stays whole and moves
+        smoothly: a merged, split or jumping object is not the captioned object at all."""
+        attributes = [self.checks[k] for k in ("persistent", "shape", "size", "direction")]
+        gate = self.checks["whole"] and self.checks["smooth"]
+        return gate * sum(attributes) / len(attributes)
 
 
 @dataclass
@@ -124,15 +132,17 @@ def _frame_checks(v: StrictObjectVerdict, masks, present, contact, side: int) ->
     if len(kept) < 2:
         return
     clear = masks[torch.nonzero(present & ~contact).flatten()]
-    if len(clear) < 2:  # always touching another object: no frame excused (a merge fails)
+    # An occluder may cut an object in two: wholeness is judged on frames clear of others only.
+    whole = (largest_blob_share(clear) >= 0.9).float().mean() >= 0.8 if len(clear) else True
+    v.checks["whole"] = bool(whole)
+    if len(clear) < 2:  # always touching another object: shape and size judged on every frame
         clear = masks[kept]
     height, width = masks.shape[1:]
-    v.checks["whole"] = bool((largest_blob_share(clear) >= 0.9).float().mean() >= 0.8)
-    v.checks["shape"] = sum(_shape_of(m) == v.shape for m in clear) >= 0.6 * len(clear)
+    v.checks["shape"] = sum(_shape_of(m) == v.shape for m in clear) >= 0.5 * len(clear)
     ref = {z: _reference_area(v.shape, z, v.colour, height, width) for z in SIZES}
     areas = clear.flatten(1).sum(1).float()
     nearer = [min(SIZES, key=lambda z, a=a: abs(torch.log(a / ref[z]))) for a in areas]
-    v.checks["size"] = nearer.count(v.size) >= 0.6 * len(clear)
+    v.checks["size"] = nearer.count(v.size) >= 0.5 * len(clear)
     masks = masks[kept]
     yy, xx = torch.meshgrid(
         torch.arange(height, dtype=torch.float32),
