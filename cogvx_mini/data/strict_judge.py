@@ -18,12 +18,14 @@ object, six questions of every frame:
    per-frame travel of the caption (an object that vanishes and reappears elsewhere fails).
 
 Frames in which the object touches another one (within 2 pixels; or, when it is absent, was
-touching one in the nearest frame it was seen: hidden behind it) are excused from checks 1-4 and
-6, since occlusion cuts and hides objects in the ground truth too. An object scores the mean of
-checks 1, 3, 4 and 5 if it passes 2 and 6, and 0 if it does not: a merged, split or jumping blob
-is not the captioned object at all. As in the old judge, each uncaptioned colour found in the
-video counts as a missed object, so the object count must be right too. Ground truth scores at
-least 0.97 on the evaluation prompts (``tests/test_strict_judge.py``).
+touching one in the nearest frame it was seen: hidden behind it) and shows fewer pixels than it
+should are excused from checks 1-4 and 6, since occlusion cuts and hides objects in the ground
+truth too; a blob that merely smears into a neighbour keeps its pixels and is not excused. An
+object scores the mean of checks 1, 3, 4 and 5 if it passes 2 and 6, and 0 if it does not: a
+merged, split or jumping blob is not the captioned object at all. As in the old judge, each
+uncaptioned colour found in the video counts as a missed object, so the object count must be
+right too. Ground truth scores at least 0.97 on the evaluation prompts
+(``tests/test_strict_judge.py``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,6 @@ import torch.nn.functional as F
 
 from cogvx_mini.data.toyworld import (
     _NAMES,
-    COLOURS,
-    SHAPES,
     SIZES,
     TRAVEL,
     _moves_along,
@@ -45,6 +45,8 @@ from cogvx_mini.data.toyworld import (
     _present_frames,
     _reference_area,
     _shape_of,
+    extra_colours,
+    min_object_area,
     parse_caption,
 )
 
@@ -169,9 +171,7 @@ def strict_judge_details(video: torch.Tensor, caption: str) -> StrictVerdict:
     video = _one_video(video)
     _, frames, height, width = video.shape
     labels = _palette_labels(video)
-    min_area = 0.3 * min(
-        _reference_area(s, z, "white", height, width) for s in SHAPES for z in SIZES
-    )
+    min_area = min_object_area(height, width)
     verdicts = []
     for size, colour, shape, direction in parse_caption(caption):
         v = StrictObjectVerdict(size, colour, shape, direction)
@@ -179,19 +179,16 @@ def strict_judge_details(video: torch.Tensor, caption: str) -> StrictVerdict:
         masks = labels == _NAMES.index(colour)
         others = (labels > 0) & ~masks
         present = _present_frames(labels, _NAMES.index(colour), min_area)
-        contact = in_contact(masks & present[:, None, None], others)
+        # Occlusion only removes pixels: a frame is excused only if the object is touching
+        # another one AND is smaller than it should be (a smear into a neighbour is not).
+        full = _reference_area(shape, size, colour, height, width)
+        shrunk = masks.flatten(1).sum(1) < 0.85 * full
+        contact = in_contact(masks & present[:, None, None], others) & shrunk
         _frame_checks(v, masks, present, contact, min(height, width))
-    named = {o.colour for o in verdicts}
-    extra = [
-        c
-        for c in COLOURS
-        if c not in named
-        and _present_frames(labels, _NAMES.index(c), min_area).sum() >= max(1, frames / 2)
-    ]
-    return StrictVerdict(verdicts, extra)
+    return StrictVerdict(verdicts, extra_colours(labels, {o.colour for o in verdicts}, min_area))
 
 
 def strict_judge(video: torch.Tensor, caption: str) -> float:
-    """Strict text-alignment score in [0, 1] of ``video`` ``[3, T, H, W]`` for ``caption``: the
-    mean of six per-frame checks per captioned object, each uncaptioned colour a missed object."""
+    """Strict text-alignment score in [0, 1] of ``video`` ``[3, T, H, W]`` for ``caption`` (the
+    scoring rule of the module docstring; each uncaptioned colour counts as a missed object)."""
     return strict_judge_details(video, caption).score

@@ -351,9 +351,7 @@ def judge_details(video: torch.Tensor, caption: str) -> Verdict:
     _, frames, height, width = video.shape
     side = min(height, width)
     labels = _palette_labels(video)
-    min_area = 0.3 * min(
-        _reference_area(s, z, "white", height, width) for s in SHAPES for z in SIZES
-    )
+    min_area = min_object_area(height, width)
     yy, xx = torch.meshgrid(
         torch.arange(height, dtype=torch.float32),
         torch.arange(width, dtype=torch.float32),
@@ -383,14 +381,24 @@ def judge_details(video: torch.Tensor, caption: str) -> Verdict:
         v.shape_ok = max(SHAPES, key=shapes.count) == shape
         if len(times) >= 2:
             v.direction_ok = _moves_along(times, v.track, direction, side)
-    named = {o.colour for o in verdicts}
-    extra = [
+    return Verdict(verdicts, extra_colours(labels, {o.colour for o in verdicts}, min_area))
+
+
+def extra_colours(labels: torch.Tensor, named: set[str], min_area: float) -> list[str]:
+    """Palette colours not in ``named`` that ``labels`` ``[T, H, W]`` shows (``min_area`` pixels
+    in at least half the frames): objects the caption does not ask for."""
+    frames = labels.shape[0]
+    return [
         c
         for c in COLOURS
         if c not in named
         and _present_frames(labels, _NAMES.index(c), min_area).sum() >= max(1, frames / 2)
     ]
-    return Verdict(verdicts, extra)
+
+
+def min_object_area(height: int, width: int) -> float:
+    """Pixels a colour needs in a frame to count as an object: 30% of the smallest object."""
+    return 0.3 * min(_reference_area(s, z, "white", height, width) for s in SHAPES for z in SIZES)
 
 
 def judge(video: torch.Tensor, caption: str) -> float:

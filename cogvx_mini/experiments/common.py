@@ -68,7 +68,7 @@ BUDGETS = {
     "small": Budget("small", (0, 1), steps=120, batch=8, clips=96, eval_clips=6, prompts=6,
                     sample_steps=8, vae_steps=60, vae_batch=2, vae_frames=9, vae_crop=32,
                     vae_eval=6),
-    # All six in about eight minutes on one H100 (a mini step takes a few ms there).
+    # All six in minutes on one GPU (a mini step takes a few ms there).
     "full": Budget("full", (0, 1, 2), steps=800, batch=32, clips=1024, frames=9, eval_clips=32,
                    prompts=32, sample_steps=25, vae_steps=400, vae_batch=8, vae_frames=17,
                    vae_crop=64, vae_eval=32, warmup=60),
