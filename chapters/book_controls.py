@@ -87,6 +87,7 @@ class LibraryCode:
     """
 
     def __init__(self, obj: object) -> None:
+        obj = inspect.unwrap(obj)  # a decorated function (@torch.no_grad()): its own file
         lines, first = inspect.getsourcelines(obj)
         path = inspect.getsourcefile(obj) or "?"
         self.where = path[path.rfind("cogvx_mini") :] if "cogvx_mini" in path else path
