@@ -214,11 +214,11 @@ class VAERun:
         changed = sorted(
             k for k, v in state["config"].items() if k not in RESUMABLE_CHANGES and ours.get(k) != v
         )
-        stored = state.get("architecture", architecture_json(self.vae.config))
-        if stored != architecture_json(self.vae.config):
+        architecture = architecture_json(self.vae.config)
+        if state.get("architecture", architecture) != architecture:
             raise ValueError(
-                f"{path} holds a VAE of another architecture ({stored} -> "
-                f"{architecture_json(self.vae.config)}); use a new --out folder or the same --model"
+                f"{path} holds a VAE of another architecture ({state['architecture']} -> "
+                f"{architecture}); use a new --out folder or the same --model"
             )
         if changed:
             diff = ", ".join(f"{k}: {state['config'][k]!r} -> {ours.get(k)!r}" for k in changed)
@@ -347,22 +347,25 @@ def main(argv: list[str] | None = None) -> None:
         if args.export_only:
             state = load_checkpoint(Path(args.out) / STATE_NAME)
             vae.load_state_dict(state["model"])
-            cfg.steps = state["step"]
+            trained = state["step"]
         else:
-            cfg.steps = len(train_vae(vae, cfg, args.out))  # fewer if --max-minutes stopped it
+            trained = len(train_vae(vae, cfg, args.out))  # fewer if --max-minutes stopped it
     except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
         raise SystemExit(f"error: {err}; nothing exported") from None
-    export(vae, cfg, args, (time.perf_counter() - start) / 60)
+    export(vae, cfg, args, (time.perf_counter() - start) / 60, trained)
 
 
-def export(vae: VAE3D, cfg: VAETrainConfig, args: argparse.Namespace, minutes: float) -> None:
-    """Evaluate on held-out videos and write the float16 weights with their metrics."""
+def export(
+    vae: VAE3D, cfg: VAETrainConfig, args: argparse.Namespace, minutes: float, trained: int
+) -> None:
+    """Evaluate on held-out videos and write the float16 weights with their metrics; ``steps``
+    in the metadata is the schedule's length, ``trained_steps`` the steps actually taken."""
     vae.cpu()
     vae.load_state_dict({k: v.half().float() for k, v in vae.state_dict().items()})  # as shipped
     metrics = evaluate(vae, held_out_videos(args.eval_videos))
     metrics["scaling_factor"] = 1.0 / metrics["latent_std"]  # latents * factor have unit std
     name = "vae2d_mini.safetensors" if args.per_frame else "vae_mini.safetensors"
-    meta = {**asdict(cfg), **metrics, "minutes": minutes, "trained_steps": cfg.steps}
+    meta = {**asdict(cfg), **metrics, "minutes": minutes, "trained_steps": trained}
     meta["vae_config"] = architecture_json(vae.config)
     meta = {k: json.dumps(v) if isinstance(v, dict) else str(v) for k, v in meta.items()}
     # Shipped in float16 (half the size; loading casts back to the model's float32).
