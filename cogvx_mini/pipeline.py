@@ -169,12 +169,15 @@ def _check_generate_args(prompts, negative_prompt, pipe, frames, height, width, 
     return prompts
 
 
-def evaluation_prompts(split: str, count: int, first_seed: int = 10_000) -> list[str]:
+def evaluation_prompts(
+    split: str, count: int, first_seed: int = 10_000, max_objects: int = 3
+) -> list[str]:
     """``count`` toy-world captions of ``split`` ("train": seen pairs only, "held_out": each with
-    a colour-direction pair never seen in training), from seeds no training clip used."""
+    a colour-direction pair never seen in training) of scenes with up to ``max_objects`` objects,
+    from seeds no training clip used."""
     from cogvx_mini.data.toyworld import sample_scene
 
-    return [sample_scene(first_seed + i, split=split).caption for i in range(count)]
+    return [sample_scene(first_seed + i, max_objects, split).caption for i in range(count)]
 
 
 def judge_scores(

@@ -149,6 +149,25 @@ def test_steps_zero_fails_before_anything_is_written(tmp_path, monkeypatch):
     assert not (tmp_path / "assets").exists() and not (tmp_path / "run").exists()
 
 
+def test_a_laptop_world_run_is_not_shipped_and_bad_counts_are_refused(tmp_path, capsys):
+    out = ["--clips", "2", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit):
+        mini.main(["--world", "laptop", "--ship", *out])
+    assert "the shipped model is of the full world" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mini.main(["--judge-prompts", "-1", *out])
+    assert "--judge-prompts: expected a count >= 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_laptop_world_has_one_object_and_its_own_cache_key():
+    captions = [caption for _, caption in mini.toy_clips(20, (9,), 32, 32, max_objects=1)]
+    assert all(" while " not in c for c in captions)
+    assert any(" while " in c for _, c in mini.toy_clips(20, (9,), 32, 32))
+    full, laptop = (mini.cache_key(4, mini.WORLDS[w], None) for w in ("full", "laptop"))
+    assert full != laptop and "max_objects" not in full  # older full-world caches stay valid
+
+
 def test_ship_only_a_finished_run_and_say_what_is_replaced(tmp_path):
     target = save_weights({"w": torch.zeros(2)}, tmp_path / "shipped.safetensors", {"steps": "9"})
     partial = save_weights({"w": torch.ones(2)}, tmp_path / "new.safetensors", {"steps": "3"})

@@ -154,3 +154,12 @@ def test_video_folder_reads_the_finetuning_layout(tmp_path):
         VideoFolder(tmp_path)
     with pytest.raises(FileNotFoundError, match="captions.jsonl"):
         VideoFolder(tmp_path / "clips")
+
+
+def test_chance_level_is_what_real_clips_score_under_the_wrong_caption():
+    from cogvx_mini.data.toyworld import chance_level, judge
+
+    chance = chance_level(16, max_objects=1, frames=9, size=32)
+    truth = [sample_scene(10_000 + i, 1) for i in range(16)]
+    right = sum(judge(render(s, 9, 32, 32), s.caption) for s in truth) / 16
+    assert 0.0 < chance < 0.25 and right > 0.9

@@ -411,6 +411,25 @@ def judge(video: torch.Tensor, caption: str) -> float:
     return judge_details(video, caption).score
 
 
+def chance_level(
+    count: int = 64,
+    max_objects: int = 3,
+    frames: int = 17,
+    size: int = 64,
+    first_seed: int = 10_000,
+) -> float:
+    """The judge's mean score of real clips each judged against the next scene's caption: what a
+    model that draws perfect scenes but ignores the text would score on scenes of this kind."""
+    scenes = [sample_scene(first_seed + i, max_objects) for i in range(count + 1)]
+    return (
+        sum(
+            judge(render(scene, frames, size, size), other.caption)
+            for scene, other in zip(scenes, scenes[1:], strict=False)
+        )
+        / count
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # The world as files, and a loader for any folder of videos + captions
 # ---------------------------------------------------------------------------------------------

@@ -148,6 +148,27 @@ class LatentDataset:
         return cls(clips, state["empty_text"], state["latent_scale"], state["meta"])
 
 
+@dataclass(frozen=True)
+class World:
+    """Which toy-world scenes a run trains on: up to ``max_objects`` objects per scene, clips of
+    the ``lengths`` (frames) in ``lengths``. ``frames`` is the length it is judged at."""
+
+    max_objects: int
+    lengths: tuple[int, ...]
+
+    @property
+    def frames(self) -> int:
+        return max(self.lengths)
+
+
+WORLDS = {
+    # The shipped model's world: 1-3 objects, clips of 9-21 frames (frame-packed into buckets).
+    "full": World(max_objects=3, lengths=(9, 13, 17, 21)),
+    # What two laptop cores can learn in minutes: one object, 9-frame clips (3 latent frames).
+    "laptop": World(max_objects=1, lengths=(9,)),
+}
+
+
 def toy_clips(
     count: int,
     lengths: Sequence[int] = (9, 13, 17, 21),
@@ -155,12 +176,13 @@ def toy_clips(
     width: int = 64,
     split: str = "train",
     first_seed: int = 0,
+    max_objects: int = 3,
 ):
     """Toy-world clips ``([3, T, H, W], caption)`` of mixed durations, deterministic by seed."""
     from cogvx_mini.data.toyworld import render, sample_scene
 
     for seed in range(first_seed, first_seed + count):
-        scene = sample_scene(seed, split=split)
+        scene = sample_scene(seed, max_objects, split=split)
         length = lengths[random.Random(seed * 7919 + 1).randrange(len(lengths))]
         yield render(scene, length, height, width), scene.caption
 
@@ -464,16 +486,18 @@ def maybe_save(
         save_checkpoint(state | {"latent_scale": dataset.latent_scale}, path)
 
 
-def cache_key(clips: int, lengths: Sequence[int], vae_weights: Path | None) -> dict:
-    """What a latent cache depends on: the clips, their lengths, the VAE file's digest."""
+def cache_key(clips: int, world: World, vae_weights: Path | None) -> dict:
+    """What a latent cache depends on: the clips, their world, the VAE file's digest."""
     vae_file = Path(vae_weights) if vae_weights is not None else ASSETS / "vae_mini.safetensors"
-    return {"clips": clips, "lengths": list(lengths), "vae_sha256": sha256_of(vae_file)}
+    key = {"clips": clips, "lengths": list(world.lengths), "vae_sha256": sha256_of(vae_file)}
+    # The full world's caches predate the key's object count: they stay valid.
+    return key if world.max_objects == 3 else key | {"max_objects": world.max_objects}
 
 
 def build_mini_dataset(
     count: int,
     progress: bool = True,
-    lengths: Sequence[int] = (9, 13, 17, 21),
+    world: World = WORLDS["full"],
     vae_weights: str | Path | None = None,
     device: str | torch.device = "cpu",
 ) -> LatentDataset:
@@ -484,9 +508,8 @@ def build_mini_dataset(
 
     buckets = [Bucket(9, 64, 64), Bucket(17, 64, 64)]
     vae = load_mini_vae(vae_weights).to(device)
-    return cache_latents(
-        toy_clips(count, lengths), vae, ToyTextEncoder(), buckets, progress=progress
-    )
+    clips = toy_clips(count, world.lengths, max_objects=world.max_objects)
+    return cache_latents(clips, vae, ToyTextEncoder(), buckets, progress=progress)
 
 
 def cached_dataset(out: Path, key: dict, build: Callable[[], LatentDataset]) -> LatentDataset:
@@ -523,7 +546,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
     parser.add_argument("--ship", action="store_true", help=f"write assets/{WEIGHTS_NAME}")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (same weights, faster)"
+    )
     parser.add_argument("--vae-weights", type=Path, default=None, help="default: shipped")
+    parser.add_argument(
+        "--world", choices=sorted(WORLDS), default="full", help="the scenes (laptop: one object)"
+    )
+    parser.add_argument(
+        "--judge-prompts",
+        type=int,
+        default=0,
+        help="after training, judge the EMA model on this many unseen prompts of its world",
+    )
     parser.add_argument(
         "--model",
         nargs="*",
@@ -540,6 +575,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.clips < 1:
         parser.error(f"--clips: expected a positive integer, got {args.clips}")
+    if args.judge_prompts < 0:
+        parser.error(f"--judge-prompts: expected a count >= 0, got {args.judge_prompts}")
+    if args.ship and args.world != "full":
+        parser.error(f"--ship: the shipped model is of the full world, not --world {args.world}")
     if args.init_from is not None and args.model:
         parser.error("--init-from takes the config stored with the weights; drop --model")
     return args
@@ -609,13 +648,13 @@ def main(argv: list[str] | None = None) -> None:
         if (args.out / old).is_file():
             print(f"ignoring {args.out / old} (an older pickle format, not loaded)")
     start = time.perf_counter()
-    lengths = (9, 13, 17, 21)
-    key = cache_key(args.clips, lengths, args.vae_weights)
+    world = WORLDS[args.world]
+    key = cache_key(args.clips, world, args.vae_weights)
     dataset = cached_dataset(
         args.out,
         key,
         lambda: build_mini_dataset(
-            args.clips, lengths=lengths, vae_weights=args.vae_weights, device=args.device
+            args.clips, world=world, vae_weights=args.vae_weights, device=args.device
         ),
     )
     millions = sum(p.numel() for p in model.parameters()) / 1e6
@@ -624,13 +663,16 @@ def main(argv: list[str] | None = None) -> None:
         f"model: {millions:.2f} M parameters"
     )
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
+    if args.compile:
+        model.compile()  # in place: parameter names, the EMA and checkpoints are unchanged
     try:
         result = train(model, dataset, cfg, args.out, max_seconds=max_seconds)
     except (ValueError, NonFiniteLossError) as err:  # other settings, another model, a NaN
         raise SystemExit(f"error: {err}") from None
     weights = export_ema(result, args.out, model_cfg, cfg, args)
     print(f"EMA weights after {result.step} steps: {weights} ({time.perf_counter() - start:.0f} s)")
-    write_log(args, result, dataset, model_cfg, cfg, time.perf_counter() - start)
+    judged = judge_trained(result, world, cfg, args) if args.judge_prompts else {}
+    write_log(args, result, dataset, model_cfg, cfg, time.perf_counter() - start, judged)
     if result.step < cfg.steps:
         why = "interrupted" if result.interrupted else "stopped at the time limit"
         print(f"{why} after step {result.step} (saved); run again to continue")
@@ -640,9 +682,48 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130)
 
 
-def write_log(args, result: TrainResult, dataset, model_cfg, cfg, seconds: float) -> None:
-    """``train_log.json``: the run's settings, loss curve and loss per timestep bucket."""
+def judge_trained(result: TrainResult, world: World, cfg: TrainConfig, args) -> dict:
+    """The judge of the EMA model's videos (50 DDIM steps) for ``args.judge_prompts`` unseen
+    prompts of ``world``'s training split, beside the judge's chance level on that world."""
+    from cogvx_mini.data.text_encoder import ToyTextEncoder
+    from cogvx_mini.data.toyworld import chance_level
+    from cogvx_mini.pipeline import MINI_GUIDANCE, Pipeline, evaluation_prompts, judge_scores
+    from cogvx_mini.vae import load_mini_vae
+
+    model = result.ema.cpu().eval().requires_grad_(False)  # sampled where the VAE decodes
+    pipe = Pipeline(
+        model,
+        load_mini_vae(args.vae_weights),
+        ToyTextEncoder(),
+        cfg.schedule(),
+        result.latent_scale,
+    )
+    n = args.judge_prompts
+    prompts = evaluation_prompts("train", n, max_objects=world.max_objects)
+    scores = []
+    for start in tqdm(range(0, n, 8), desc="judging", unit="batch"):
+        scores += judge_scores(pipe, prompts[start : start + 8], frames=world.frames)
+    judged = {
+        "judge": sum(scores) / n,
+        "chance": chance_level(n, world.max_objects, world.frames),
+        "prompts": n,
+        "guidance": MINI_GUIDANCE,
+    }
+    print(
+        f"judge {judged['judge']:.3f} on {n} unseen prompts of the {args.world} world "
+        f"(chance level {judged['chance']:.3f}: real clips under another scene's caption)"
+    )
+    return judged
+
+
+def write_log(
+    args, result: TrainResult, dataset, model_cfg, cfg, seconds: float, judged: dict
+) -> None:
+    """``train_log.json``: the run's settings, loss curve, loss per timestep bucket, judge."""
     log = {
+        "world": args.world,
+        "judged": judged,
+        "train_config": dataclasses.asdict(cfg),
         "model": dataclasses.asdict(model_cfg),
         "init_from": str(args.init_from or ""),
         "parameters": sum(p.numel() for p in result.model.parameters()),
