@@ -160,6 +160,17 @@ def test_a_laptop_world_run_is_not_shipped_and_bad_counts_are_refused(tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+def test_judge_prompts_judge_the_exported_weights_and_log_it(tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    args = ["--world", "laptop", "--clips", "2", "--steps", "2", "--batch-size", "2"]
+    mini.main([*args, "--judge-prompts", "2", "--out", str(out)])
+    judged = json.loads((out / "train_log.json").read_text())["judged"]
+    assert judged["prompts"] == 2 and 0.0 <= judged["judge"] <= 1.0
+    assert 0.0 <= judged["chance"] < 0.5
+
+
 def test_the_laptop_world_has_one_object_and_its_own_cache_key():
     captions = [caption for _, caption in mini.toy_clips(20, (9,), 32, 32, max_objects=1)]
     assert all(" while " not in c for c in captions)

@@ -491,7 +491,8 @@ def cache_key(clips: int, world: World, vae_weights: Path | None) -> dict:
     vae_file = Path(vae_weights) if vae_weights is not None else ASSETS / "vae_mini.safetensors"
     key = {"clips": clips, "lengths": list(world.lengths), "vae_sha256": sha256_of(vae_file)}
     # The full world's caches predate the key's object count: they stay valid.
-    return key if world.max_objects == 3 else key | {"max_objects": world.max_objects}
+    full = world.max_objects == WORLDS["full"].max_objects
+    return key if full else key | {"max_objects": world.max_objects}
 
 
 def build_mini_dataset(
@@ -547,7 +548,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (and save) after")
     parser.add_argument("--ship", action="store_true", help=f"write assets/{WEIGHTS_NAME}")
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the model (same weights, faster)"
+        "--compile", action="store_true", help="torch.compile the model in place (same weights)"
     )
     parser.add_argument("--vae-weights", type=Path, default=None, help="default: shipped")
     parser.add_argument(
@@ -671,7 +672,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {err}") from None
     weights = export_ema(result, args.out, model_cfg, cfg, args)
     print(f"EMA weights after {result.step} steps: {weights} ({time.perf_counter() - start:.0f} s)")
-    judged = judge_trained(result, world, cfg, args) if args.judge_prompts else {}
+    judged = judge_trained(weights, world, args) if args.judge_prompts else {}
     write_log(args, result, dataset, model_cfg, cfg, time.perf_counter() - start, judged)
     if result.step < cfg.steps:
         why = "interrupted" if result.interrupted else "stopped at the time limit"
@@ -682,27 +683,16 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130)
 
 
-def judge_trained(result: TrainResult, world: World, cfg: TrainConfig, args) -> dict:
-    """The judge of the EMA model's videos (50 DDIM steps) for ``args.judge_prompts`` unseen
-    prompts of ``world``'s training split, beside the judge's chance level on that world."""
-    from cogvx_mini.data.text_encoder import ToyTextEncoder
+def judge_trained(weights: Path, world: World, args) -> dict:
+    """The judge of the exported EMA ``weights``' videos (50 DDIM steps) for
+    ``args.judge_prompts`` unseen prompts of ``world``'s training split, beside the judge's
+    chance level on that world."""
     from cogvx_mini.data.toyworld import chance_level
-    from cogvx_mini.pipeline import MINI_GUIDANCE, Pipeline, evaluation_prompts, judge_scores
-    from cogvx_mini.vae import load_mini_vae
+    from cogvx_mini.pipeline import MINI_GUIDANCE, evaluation_prompts, judge_scores, load_mini
 
-    model = result.ema.cpu().eval().requires_grad_(False)  # sampled where the VAE decodes
-    pipe = Pipeline(
-        model,
-        load_mini_vae(args.vae_weights),
-        ToyTextEncoder(),
-        cfg.schedule(),
-        result.latent_scale,
-    )
     n = args.judge_prompts
     prompts = evaluation_prompts("train", n, max_objects=world.max_objects)
-    scores = []
-    for start in tqdm(range(0, n, 8), desc="judging", unit="batch"):
-        scores += judge_scores(pipe, prompts[start : start + 8], frames=world.frames)
+    scores = judge_scores(load_mini(weights, args.vae_weights), prompts, frames=world.frames)
     judged = {
         "judge": sum(scores) / n,
         "chance": chance_level(n, world.max_objects, world.frames),
