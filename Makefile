@@ -24,12 +24,10 @@ demo: $(STAMP)
 # (one object per scene, 9-frame clips): what two laptop cores learn in about 13 minutes. Writes
 # $(OUT)/train and judges the model on 64 unseen prompts of that world, beside the chance level;
 # the shipped full-world model is left alone (make train-gpu replaces it). Ctrl-C saves a
-# checkpoint; the same command resumes.
-LAPTOP_TRAIN := --world laptop --clips 4000 --batch-size 32 --steps 5000 --lr 4e-3 --threads 2 \
-	--judge-prompts 64
+# checkpoint; the same command resumes. The recipe: RECIPES["laptop"] in training/train.py.
 train: $(STAMP)
 	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/train --device $(DEVICE) \
-		$(LAPTOP_TRAIN) $(TRAIN_ARGS)
+		--recipe laptop $(TRAIN_ARGS)
 
 # The recipe of the shipped weights (one GPU, about 33 minutes on an H200), VAE first, then the
 # transformer on its latents in two stages; both overwrite cogvx_mini/weights/assets/:

@@ -171,6 +171,14 @@ def test_judge_prompts_judge_the_exported_weights_and_log_it(tmp_path):
     assert 0.0 <= judged["chance"] < 0.5
 
 
+def test_a_recipe_gives_its_arguments_and_later_ones_override_them():
+    laptop = mini.parse_args(["--recipe", "laptop"])
+    assert (laptop.world, laptop.batch_size, laptop.steps, laptop.lr) == ("laptop", 32, 5000, 4e-3)
+    shorter = mini.parse_args(["--recipe", "laptop", "--steps", "7", "--out", "x"])
+    assert (shorter.steps, shorter.world, str(shorter.out)) == (7, "laptop", "x")
+    assert mini.parse_args([]).world == "full"
+
+
 def test_the_laptop_world_has_one_object_and_its_own_cache_key():
     captions = [caption for _, caption in mini.toy_clips(20, (9,), 32, 32, max_objects=1)]
     assert all(" while " not in c for c in captions)
