@@ -95,9 +95,11 @@ class LibraryCode:
         self.span = f"lines {first}–{first + len(lines) - 1}"
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        body = highlight(
-            self.source, PythonLexer(), HtmlFormatter(noclasses=True, nobackground=True)
-        )
+        # The library's lines are up to 99 columns: a smaller type fits them whole in the
+        # page's column at desktop width instead of wrapping each long line.
+        style = "font-size:0.72rem"
+        formatter = HtmlFormatter(noclasses=True, nobackground=True, prestyles=style)
+        body = highlight(self.source, PythonLexer(), formatter)
         head = (
             f"<div style='font-size:85%;opacity:.75'><code>{self.where}</code>, {self.span}</div>"
         )

@@ -112,19 +112,11 @@ def generate(
     prompts = _check_generate_args(prompts, negative_prompt, pipe, frames, height, width, steps)
     finite_float("guidance", guidance, low=0.0)
     check_seed("seed", seed)
-    s = pipe.spatial_compression
-    b = len(prompts)
-    shape = (
-        b,
-        pipe.latent_channels,
-        (frames - 1) // pipe.temporal_compression + 1,
-        height // s,
-        width // s,
-    )
+    shape = pipe.latent_shape(len(prompts), frames, height, width)  # [B, C, T', h, w]
     device = next(pipe.transformer.parameters()).device
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device)
     cond = pipe.text_encoder.encode(list(prompts)).to(device)
-    uncond = pipe.text_encoder.encode([negative_prompt] * b).to(device)
+    uncond = pipe.text_encoder.encode([negative_prompt] * len(prompts)).to(device)
 
     def model_fn(x, t):
         return pipe.transformer(x, cond, t).float()
