@@ -179,6 +179,15 @@ def test_a_recipe_gives_its_arguments_and_later_ones_override_them():
     assert mini.parse_args([]).world == "full"
 
 
+def test_a_shorter_text_length_trains_on_embeddings_of_that_length(tmp_path):
+    out = tmp_path / "run"
+    args = ["--world", "laptop", "--clips", "2", "--steps", "1", "--batch-size", "2"]
+    mini.main([*args, "--model", "max_text_len=8", "--out", str(out)])  # refused before the fix
+    assert load_checkpoint(out / mini.CACHE_NAME)["empty_text"].shape == (8, 64)
+    default, short = (mini.cache_key(2, mini.WORLDS["full"], None, s) for s in [(32, 64), (8, 64)])
+    assert default != short and "text_shape" not in default  # older caches stay valid
+
+
 def test_the_laptop_world_has_one_object_and_its_own_cache_key():
     captions = [caption for _, caption in mini.toy_clips(20, (9,), 32, 32, max_objects=1)]
     assert all(" while " not in c for c in captions)

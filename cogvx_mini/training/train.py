@@ -487,13 +487,19 @@ def maybe_save(
         save_checkpoint(state | {"latent_scale": dataset.latent_scale}, path)
 
 
-def cache_key(clips: int, world: World, vae_weights: Path | None) -> dict:
-    """What a latent cache depends on: the clips, their world, the VAE file's digest."""
+def cache_key(
+    clips: int, world: World, vae_weights: Path | None, text_shape: tuple[int, int] = (32, 64)
+) -> dict:
+    """What a latent cache depends on: the clips, their world, the VAE file's digest and the
+    text embedding's ``(max_text_len, text_dim)``."""
     vae_file = Path(vae_weights) if vae_weights is not None else ASSETS / "vae_mini.safetensors"
     key = {"clips": clips, "lengths": list(world.lengths), "vae_sha256": sha256_of(vae_file)}
-    # The full world's caches predate the key's object count: they stay valid.
-    full = world.max_objects == WORLDS["full"].max_objects
-    return key if full else key | {"max_objects": world.max_objects}
+    # Caches made before the key had an object count or a text shape stay valid for the defaults.
+    if world.max_objects != WORLDS["full"].max_objects:
+        key["max_objects"] = world.max_objects
+    if tuple(text_shape) != (32, 64):
+        key["text_shape"] = list(text_shape)
+    return key
 
 
 def build_mini_dataset(
@@ -502,16 +508,19 @@ def build_mini_dataset(
     world: World = WORLDS["full"],
     vae_weights: str | Path | None = None,
     device: str | torch.device = "cpu",
+    text_shape: tuple[int, int] = (32, 64),
 ) -> LatentDataset:
     """The toy world's training split, encoded by the mini VAE (the shipped weights unless
-    ``vae_weights``, run on ``device``) and the toy text encoder."""
+    ``vae_weights``, run on ``device``) and the toy text encoder, whose embeddings are
+    ``text_shape`` = ``(max_text_len, text_dim)`` of the transformer that will train on them."""
     from cogvx_mini.data.text_encoder import ToyTextEncoder
     from cogvx_mini.vae import load_mini_vae
 
     buckets = [Bucket(9, 64, 64), Bucket(17, 64, 64)]
     vae = load_mini_vae(vae_weights).to(device)
     clips = toy_clips(count, world.lengths, max_objects=world.max_objects)
-    return cache_latents(clips, vae, ToyTextEncoder(), buckets, progress=progress)
+    text = ToyTextEncoder(dim=text_shape[1], max_length=text_shape[0])
+    return cache_latents(clips, vae, text, buckets, progress=progress)
 
 
 def cached_dataset(out: Path, key: dict, build: Callable[[], LatentDataset]) -> LatentDataset:
@@ -665,12 +674,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"ignoring {args.out / old} (an older pickle format, not loaded)")
     start = time.perf_counter()
     world = WORLDS[args.world]
-    key = cache_key(args.clips, world, args.vae_weights)
+    text_shape = (model_cfg.max_text_len, model_cfg.text_dim)
+    key = cache_key(args.clips, world, args.vae_weights, text_shape)
     dataset = cached_dataset(
         args.out,
         key,
         lambda: build_mini_dataset(
-            args.clips, world=world, vae_weights=args.vae_weights, device=args.device
+            args.clips,
+            world=world,
+            vae_weights=args.vae_weights,
+            device=args.device,
+            text_shape=text_shape,
         ),
     )
     millions = sum(p.numel() for p in model.parameters()) / 1e6
