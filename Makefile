@@ -11,7 +11,7 @@ OUT ?= outputs
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[book,test,interop]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[book,test,interop,quantize]'
 	# Jupyter refuses to start as root (CI runs as root); the book's executor needs it.
 	mkdir -p $(VENV)/etc/jupyter
 	echo '{"ServerApp": {"allow_root": true}}' > $(VENV)/etc/jupyter/jupyter_server_config.json

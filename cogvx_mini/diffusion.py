@@ -254,7 +254,8 @@ def ddim_sample(
 
     ``model_fn(x_t, t)`` returns the conditional v-prediction (``t`` is ``[B]`` long);
     ``uncond_fn(x_t, t)`` the unconditional one. With ``uncond_fn`` each step uses
-    ``v_u + g (v_c - v_u)``; without it, the conditional prediction alone. With
+    ``v_u + g (v_c - v_u)``; without it, the conditional prediction alone, unless ``model_fn``
+    returns the pair ``(v_c, v_u)`` itself (:func:`cfg_predictor`: one batched call). With
     ``return_trajectory`` also returns ``[x_T, x_{t_1}, ..., x_0]``. ``spacing`` picks the
     timesteps (:func:`ddim_timesteps`); ``callback(i, t, x_prev, x0)`` is called after step ``i``
     with the new sample and that step's predicted clean sample (to watch the sampler).
@@ -271,12 +272,36 @@ def ddim_sample(
     for i, t in enumerate(tqdm(timesteps.tolist(), desc="DDIM", disable=not progress, leave=False)):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         v = model_fn(x, t_batch)
+        v, v_uncond = v if isinstance(v, tuple) else (v, None)
         if uncond_fn is not None:
-            scale = guidance_scale(guidance, t, steps, dynamic_cfg)
             v_uncond = uncond_fn(x, t_batch)
-            v = v_uncond + scale * (v - v_uncond)
+        if v_uncond is not None:
+            v = v_uncond + guidance_scale(guidance, t, steps, dynamic_cfg) * (v - v_uncond)
         x, x0 = ddim_step(schedule, v, t, x, steps)
         trajectory.append(x)
         if callback is not None:
             callback(i, t, x, x0)
     return (x, trajectory) if return_trajectory else x
+
+
+def cfg_predictor(
+    model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    text: torch.Tensor,
+    negative: torch.Tensor,
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """A ``model_fn`` for :func:`ddim_sample` that returns ``(v_c, v_u)`` from *one* call of
+    ``model(x [2B, ...], text [2B, L, D], t [2B])``: the conditional and unconditional halves
+    stacked on the batch. Equal to two calls up to float rounding, and faster on a GPU (one
+    launch of every kernel, twice the rows per matmul). ``text`` and ``negative``: ``[B, L, D]``.
+    """
+    if text.shape != negative.shape:
+        raise ValueError(
+            f"negative: expected the shape of text {tuple(text.shape)}, got {tuple(negative.shape)}"
+        )
+    both = torch.cat([text, negative])
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v_cond, v_uncond = model(torch.cat([x, x]), both, torch.cat([t, t])).float().chunk(2)
+        return v_cond, v_uncond
+
+    return predict

@@ -19,7 +19,7 @@ from torch import nn
 
 from cogvx_mini.checks import finite_float, positive_int, prompt_list
 from cogvx_mini.checks import seed as check_seed
-from cogvx_mini.diffusion import NoiseSchedule, StepFn, ddim_sample
+from cogvx_mini.diffusion import NoiseSchedule, StepFn, cfg_predictor, ddim_sample
 from cogvx_mini.shapes import check_frame_count
 
 # The mini model's guidance scale, chosen on the sweep 1/3/4.5/6 over the sweep prompts of
@@ -118,18 +118,18 @@ def generate(
     cond = pipe.text_encoder.encode(list(prompts)).to(device)
     uncond = pipe.text_encoder.encode([negative_prompt] * len(prompts)).to(device)
 
-    def model_fn(x, t):
-        return pipe.transformer(x, cond, t).float()
+    if guidance == 1.0:  # conditional only: no unconditional pass
 
-    def uncond_fn(x, t):
-        return pipe.transformer(x, uncond, t).float()
+        def model_fn(x, t):
+            return pipe.transformer(x, cond, t).float()
+    else:  # both predictions from one forward of the stacked batch
+        model_fn = cfg_predictor(pipe.transformer, cond, uncond)
 
     latents = ddim_sample(
         model_fn,
         noise,
         steps,
         guidance,
-        uncond_fn=uncond_fn if guidance != 1.0 else None,
         schedule=pipe.schedule,
         dynamic_cfg=dynamic_cfg,
         progress=progress,

@@ -32,7 +32,17 @@ from cogvx_mini.checks import (
 from cogvx_mini.checks import seed as check_seed
 from cogvx_mini.data.text_encoder import T5TextEncoder
 from cogvx_mini.data.video_io import save_video
-from cogvx_mini.diffusion import ddim_sample
+from cogvx_mini.diffusion import cfg_predictor, ddim_sample
+from cogvx_mini.inference.memory import QUANTIZE_MODES, quantize_weights, stream_blocks
+from cogvx_mini.inference.step_cache import StepCache
+from cogvx_mini.parallel.runtime import apply_compile
+from cogvx_mini.parallel.sampling import (
+    SamplingLayout,
+    SamplingRanks,
+    cfg_parallel_predictor,
+    init_sampling,
+    parallelize_for_sampling,
+)
 from cogvx_mini.shapes import check_frame_count
 from cogvx_mini.vae import VAEConfig
 from cogvx_mini.weights import (
@@ -40,6 +50,7 @@ from cogvx_mini.weights import (
     transformer_from_diffusers,
     vae_from_diffusers,
 )
+from cogvx_mini.weights.checkpoint import save_tensors_atomic
 from cogvx_mini.weights.diffusers import read_config, vae_config_from_diffusers
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -52,6 +63,9 @@ COMPONENT_FILES = {
     "scheduler": ("scheduler_config.json",),
 }
 VIDEO_SUFFIXES = (".mp4", ".gif")
+OFFLOAD_MODES = ("model", "sequential")
+# The step-cache threshold of --fast, chosen on the mini model (book/data/step_cache.json).
+FAST_CACHE_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,7 @@ class ModelFolder:
     patch_size: int
     latent_channels: int
     num_train_timesteps: int
+    num_heads: int
 
 
 def check_model_folder(model: str | Path) -> ModelFolder:
@@ -85,6 +100,7 @@ def check_model_folder(model: str | Path) -> ModelFolder:
         int(transformer.get("patch_size", 2)),
         int(transformer.get("in_channels", 16)),
         int(scheduler.get("num_train_timesteps", 1000)),
+        int(transformer.get("num_attention_heads", 30)),
     )
 
 
@@ -128,6 +144,76 @@ def initial_noise(
     return noise.to(device).permute(0, 2, 1, 3, 4)
 
 
+@dataclass(frozen=True)
+class SampleRuntime:
+    """How :func:`sample` runs the model; none of it changes the model's configs.
+
+    ``batched_cfg``: the two CFG predictions as one batch-2 forward (else two forwards, as
+    diffusers' pipeline did before batching). ``compile``: ``torch.compile`` each block.
+    ``cache_threshold`` > 0: step caching (:class:`~cogvx_mini.inference.step_cache.StepCache`,
+    lossy). ``offload``: ``"model"`` puts each component whole on the GPU in turn; ``"sequential"``
+    streams T5's and the transformer's blocks from the CPU. ``quantize``: ``"int8"``/``"fp8"``
+    weight-only (torchao, lossy). ``layout``: the ranks (``torchrun``; see
+    :mod:`cogvx_mini.parallel.sampling`).
+    """
+
+    batched_cfg: bool = True
+    compile: bool = False
+    cache_threshold: float = 0.0
+    offload: str = "model"
+    quantize: str | None = None
+    layout: SamplingLayout = SamplingLayout()
+
+    def check(self, folder: ModelFolder, guidance: float) -> None:
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload: expected one of {OFFLOAD_MODES}, got {self.offload!r}")
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize: expected one of {QUANTIZE_MODES}, got {self.quantize!r}")
+        finite_float("cache_threshold", self.cache_threshold, low=0.0)
+        self.layout.check(folder.num_heads, guidance)
+        if self.cache_threshold > 0 and self.layout.ulysses > 1:
+            raise ValueError("cache_threshold: step caching does not combine with ulysses > 1")
+        if self.offload == "sequential" and (self.compile or self.quantize):
+            raise ValueError("offload: sequential streams plain weights; no compile or quantize")
+
+
+def build_denoiser(model: str | Path, runtime: SampleRuntime, ranks: SamplingRanks,
+                   dtype: torch.dtype) -> torch.nn.Module:  # fmt: skip
+    """The transformer of ``model`` with ``runtime``'s choices applied, on ``ranks.device``."""
+    device = ranks.device
+    sequential = runtime.offload == "sequential"
+    transformer = transformer_from_diffusers(
+        model, dtype=dtype, device="cpu" if sequential else device
+    )
+    if sequential:
+        stream_blocks(transformer, transformer.blocks, device)
+    if runtime.quantize:
+        quantize_weights(transformer, runtime.quantize)
+    transformer = parallelize_for_sampling(transformer, ranks)
+    if runtime.compile:
+        apply_compile(transformer)
+    if runtime.cache_threshold > 0:
+        transformer = StepCache(transformer, runtime.cache_threshold)
+    return transformer
+
+
+def predictor(transformer, text: torch.Tensor, negative: torch.Tensor | None,
+              runtime: SampleRuntime, ranks: SamplingRanks):  # fmt: skip
+    """``(model_fn, uncond_fn)`` for :func:`ddim_sample`: CFG on two ranks, batched in one
+    forward, or two forwards (no negative: the conditional prediction alone)."""
+
+    def forward(embeddings: torch.Tensor):
+        return lambda x, t: transformer(x, embeddings, t).float()
+
+    if negative is None:
+        return forward(text), None
+    if runtime.layout.cfg == 2:
+        return cfg_parallel_predictor(transformer, text, negative, ranks), None
+    if runtime.batched_cfg:
+        return cfg_predictor(transformer, text, negative), None
+    return forward(text), forward(negative)
+
+
 def denoise(
     model: str | Path,
     text: torch.Tensor,
@@ -138,7 +224,8 @@ def denoise(
     seed: int,
     latent_shape: tuple[int, ...],
     dtype: torch.dtype,
-    device: torch.device,
+    ranks: SamplingRanks,
+    runtime: SampleRuntime = SampleRuntime(),
     progress: bool = True,
 ) -> torch.Tensor:
     """DDIM with CFG from the transformer of ``model``: latents of ``latent_shape``
@@ -146,25 +233,40 @@ def denoise(
 
     ``text`` and ``negative`` are T5 embeddings ``[B, L, 4096]``; no negative, no guidance.
     """
-    transformer = transformer_from_diffusers(model, dtype=dtype, device=device)
-    noise = initial_noise(latent_shape, seed, device, dtype)
-
-    def predict(embeddings: torch.Tensor):
-        return lambda x, t: transformer(x, embeddings, t).float()
-
+    transformer = build_denoiser(model, runtime, ranks, dtype)
+    noise = initial_noise(latent_shape, seed, ranks.device, dtype)
+    model_fn, uncond_fn = predictor(transformer, text, negative, runtime, ranks)
     latents = ddim_sample(
-        predict(text),
+        model_fn,
         noise,
         steps,
         guidance,
-        uncond_fn=predict(negative) if negative is not None else None,
+        uncond_fn=uncond_fn,
         schedule=schedule_from_diffusers(model),
         dynamic_cfg=dynamic_cfg,
-        progress=progress,
+        progress=progress and ranks.rank == 0,
     )
+    if isinstance(transformer, StepCache):
+        skipped = sum(transformer.skipped)
+        print(f"step cache: skipped the later blocks on {skipped} of {steps} steps")
     if not torch.isfinite(latents).all():  # one scan of the result, before the VAE decodes it
         raise RuntimeError(f"sampling produced non-finite latents (NaN or inf) in {dtype}")
     return latents
+
+
+def encode_prompts(model, prompts: list[str], negative_prompt: str, guidance: float,
+                   dtype: torch.dtype, device: torch.device, placement: str):  # fmt: skip
+    """T5 embeddings ``[B, 226, 4096]`` of the prompts and (guidance > 1) of the negative.
+    ``placement``: ``"cpu"``, ``"device"`` or ``"sequential"`` (blocks streamed)."""
+    t5 = T5TextEncoder(model, device=device if placement == "device" else "cpu", dtype=dtype)
+    if placement == "sequential":
+        stream_blocks(t5.model, t5.model.encoder.block, device)
+        t5.device = device
+    text = t5.encode(prompts).to(device)
+    negative = t5.encode([negative_prompt] * len(prompts)).to(device) if guidance > 1 else None
+    del t5
+    _free(device)
+    return text, negative
 
 
 @torch.no_grad()
@@ -184,28 +286,38 @@ def sample(
     offload_text_encoder: bool = False,
     tiled: bool = True,
     progress: bool = True,
-) -> torch.Tensor:
-    """Generate videos ``[B, 3, frames, height, width]`` in [-1, 1] (float32, on the CPU).
+    runtime: SampleRuntime = SampleRuntime(),
+    return_latents: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
+    """Generate videos ``[B, 3, frames, height, width]`` in [-1, 1] (float32, on the CPU); with
+    ``return_latents`` also the final latents ``[B, C, T', h, w]`` (float32, CPU). Under a
+    parallel ``runtime.layout`` every rank samples; rank 0 alone decodes (the others return
+    ``None`` for the videos).
 
     Every argument and the model folder are checked before T5 loads."""
     folder = check_model_folder(model)
     prompts = check_sample_args(folder, prompts, negative_prompt, steps, guidance, seed, frames,
                                 height, width)  # fmt: skip
-    device = torch.device(device)
+    runtime.check(folder, guidance)
+    ranks = init_sampling(runtime.layout, torch.device(device))
+    device = ranks.device
     shape = folder.vae.latent_shape((len(prompts), 3, frames, height, width))
     shape = (shape[0], folder.latent_channels, *shape[2:])  # the transformer's channels
-
-    t5_device = torch.device("cpu") if offload_text_encoder else device
-    t5 = T5TextEncoder(model, device=t5_device, dtype=dtype)
-    text = t5.encode(prompts).to(device)
-    negative = t5.encode([negative_prompt] * len(prompts)).to(device) if guidance > 1 else None
-    del t5
-    _free(device)
-
+    placement = "cpu" if offload_text_encoder else "device"
+    placement = "sequential" if runtime.offload == "sequential" else placement
+    text, negative = encode_prompts(model, prompts, negative_prompt, guidance, dtype, device,
+                                    placement)  # fmt: skip
     latents = denoise(model, text, negative, steps, guidance, dynamic_cfg, seed, shape, dtype,
-                      device, progress)  # fmt: skip
+                      ranks, runtime, progress)  # fmt: skip
     _free(device)
+    video = decode(model, latents, height, width, dtype, device, tiled) if ranks.rank == 0 else None
+    return (video, latents.float().cpu()) if return_latents else video
 
+
+def decode(model, latents: torch.Tensor, height: int, width: int, dtype: torch.dtype,
+           device: torch.device, tiled: bool) -> torch.Tensor:  # fmt: skip
+    """The VAE's video ``[B, 3, T, H, W]`` in [-1, 1] (float32, CPU) of ``latents``
+    ``[B, C, T', h, w]``."""
     vae = vae_from_diffusers(model, dtype=dtype, device=device)
     if tiled:
         # Whole-width row tiles, 2 frames at a time: at 480x720 faster than diffusers' untiled
@@ -250,20 +362,64 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", type=_device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--offload-text-encoder", action="store_true", help="run T5 on the CPU")
     p.add_argument("--no-tiling", action="store_true", help="decode whole frames (more memory)")
+    _add_runtime_args(p)
     args = p.parse_args(argv)
     try:  # the output path and the model folder too, before minutes of loading
         output_file("--out", args.out, VIDEO_SUFFIXES)
+        if args.save_latents is not None:
+            output_file("--save-latents", args.save_latents, (".safetensors",))
         folder = check_model_folder(args.model)
         check_sample_args(folder, args.prompt, args.negative_prompt, args.steps, args.guidance,
                           args.seed, args.frames, args.height, args.width)  # fmt: skip
+        args.runtime = _runtime(args)
+        args.runtime.check(folder, args.guidance)
     except (TypeError, ValueError, FileNotFoundError) as err:
         p.error(str(err))
     return args
 
 
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cfg", choices=["batched", "separate"], default="batched",
+                   help="CFG's predictions as one batch-2 forward or two")  # fmt: skip
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile each block (default: on for CUDA)")  # fmt: skip
+    p.add_argument("--cache", type=cli_type(finite_float, float, low=0.0), default=0.0,
+                   help="step-cache threshold (lossy; 0 = off)")  # fmt: skip
+    p.add_argument("--fast", action="store_true",
+                   help=f"the fast, lossy preset: --cache {FAST_CACHE_THRESHOLD}")  # fmt: skip
+    p.add_argument("--offload", choices=OFFLOAD_MODES, default="model",
+                   help="model: components in turn; sequential: blocks streamed")  # fmt: skip
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, default=None,
+                   help="weight-only int8/fp8 transformer (torchao; lossy)")  # fmt: skip
+    p.add_argument("--parallel", type=_layout, default=SamplingLayout(),
+                   help="none, cfg, ulysses=K or cfg,ulysses=K (under torchrun)")  # fmt: skip
+    p.add_argument("--save-latents", default=None, help="write the final latents (.safetensors)")
+
+
+def _layout(text: str) -> SamplingLayout:
+    """An ``argparse`` type: a :class:`SamplingLayout`."""
+    try:
+        return SamplingLayout.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("parallel: ")) from None
+
+
+def _runtime(args: argparse.Namespace) -> SampleRuntime:
+    compile_ = args.compile if args.compile is not None else args.device.type == "cuda"
+    compile_ = compile_ and args.offload != "sequential"
+    return SampleRuntime(
+        batched_cfg=args.cfg == "batched",
+        compile=compile_,
+        cache_threshold=FAST_CACHE_THRESHOLD if args.fast and not args.cache else args.cache,
+        offload=args.offload,
+        quantize=args.quantize,
+        layout=args.parallel,
+    )
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     args = _parse_args(argv)
-    videos = sample(
+    videos, latents = sample(
         args.model,
         args.prompt,
         args.negative_prompt,
@@ -278,7 +434,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
         args.device,
         args.offload_text_encoder,
         tiled=not args.no_tiling,
+        runtime=args.runtime,
+        return_latents=True,
     )
+    if videos is None:  # not rank 0 of a parallel run
+        return []
+    if args.save_latents is not None:
+        save_tensors_atomic({"latents": latents.contiguous()}, args.save_latents)
+        print(f"wrote {args.save_latents}")
     out = Path(args.out)
     paths = []
     for i, video in enumerate(videos):

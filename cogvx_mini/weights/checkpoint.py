@@ -185,3 +185,8 @@ def hash_file_into(digest, path: str | Path):
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (the temporary-file-then-rename of the checkpoints)."""
     return _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def save_tensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Write plain ``tensors`` to a ``.safetensors`` file at ``path`` atomically."""
+    return _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp))

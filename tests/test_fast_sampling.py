@@ -1,0 +1,201 @@
+"""Fast and low-memory sampling: batched CFG, step caching, block streaming, quantization, and
+sampling on several ranks (gloo) all give the plain path's result where they claim to."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from scale_helpers import ROOT, free_port
+
+from cogvx_mini.diffusion import NoiseSchedule, cfg_predictor, ddim_sample
+from cogvx_mini.inference.memory import quantize_weights, stream_blocks
+from cogvx_mini.inference.step_cache import StepCache
+from cogvx_mini.parallel.sampling import SamplingLayout
+from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+
+
+def _model(**overrides) -> CogVideoXTransformer:
+    torch.manual_seed(0)
+    config = TransformerConfig.mini(num_layers=3, num_heads=2, head_dim=16, time_embed_dim=32)
+    model = CogVideoXTransformer(config.replace(**overrides))
+    for p in model.parameters():  # AdaLN-zero starts at v = 0; give every block some output
+        p.data.add_(0.05 * torch.randn_like(p))
+    return model.eval().requires_grad_(False)
+
+
+def _inputs(model, batch=2):
+    g = torch.Generator().manual_seed(1)
+    c = model.config
+    noise = torch.randn(batch, c.in_channels, 3, 8, 8, generator=g)
+    text = torch.randn(batch, 6, c.text_dim, generator=g)
+    negative = torch.zeros_like(text)
+    return noise, text, negative
+
+
+def _two_forwards(model, text, negative):
+    return (lambda x, t: model(x, text, t).float()), (lambda x, t: model(x, negative, t).float())
+
+
+def test_batched_cfg_equals_two_forwards():
+    model = _model()
+    noise, text, negative = _inputs(model)
+    cond, uncond = _two_forwards(model, text, negative)
+    two = ddim_sample(cond, noise, 6, 5.0, uncond_fn=uncond, progress=False)
+    one = ddim_sample(cfg_predictor(model, text, negative), noise, 6, 5.0, progress=False)
+    torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
+    alone = ddim_sample(cond, noise, 6, 5.0, progress=False)
+    assert (one - alone).abs().max() > 1e-2  # guidance did act: the test can fail
+    with pytest.raises(ValueError, match="negative"):
+        cfg_predictor(model, text, negative[:, :3])
+
+
+def test_step_cache_threshold_zero_is_the_plain_forward_and_skips_are_the_cached_residual():
+    model = _model()
+    noise, text, negative = _inputs(model)
+    plain = ddim_sample(cfg_predictor(model, text, negative), noise, 8, 5.0, progress=False)
+    off = StepCache(model, 0.0)
+    same = ddim_sample(cfg_predictor(off, text, negative), noise, 8, 5.0, progress=False)
+    assert torch.equal(same, plain) and not any(off.skipped)
+
+    cache = StepCache(model, 1.5)  # random weights: the residual changes ~100% per step
+    cached = ddim_sample(cfg_predictor(cache, text, negative), noise, 8, 5.0, progress=False)
+    assert not cache.skipped[0] and any(cache.skipped) and len(cache.skipped) == 8
+    assert 0 < (cached - plain).abs().max() < 0.5 * plain.abs().max()  # lossy, not broken
+
+    # A skipped call returns blocks 1.. 's residual of the last full call, added to block 0's.
+    x, t = torch.cat([noise, noise]), torch.full((4,), 500)
+    both = torch.cat([text, negative])
+    cache = StepCache(model, 1e9)
+    cache(x, both, t)
+    video, txt, temb, rope = model.embed(x, both, t)
+    first, _ = model.blocks[0](video, txt, temb, rope, model.grid(x.shape))
+    expected = model.unembed(first + cache._rest_residual, txt, temb, model.grid(x.shape))
+    torch.testing.assert_close(cache(x, both, t), expected)
+    assert cache.skipped == [False, True]
+    with pytest.raises(ValueError, match="threshold"):
+        StepCache(model, float("nan"))
+
+
+def test_streamed_blocks_give_the_same_output():
+    model = _model()
+    noise, text, _ = _inputs(model)
+    t = torch.full((2,), 700)
+    ref = model(noise, text, t)
+    streamed = _model()
+    stream_blocks(streamed, streamed.blocks, "cpu")
+    assert all(p.is_meta for p in streamed.blocks.parameters())  # held aside, not in the module
+    torch.testing.assert_close(streamed(noise, text, t), ref, rtol=0, atol=0)
+    torch.testing.assert_close(streamed(noise, text, t), ref, rtol=0, atol=0)  # and again
+    with pytest.raises(ValueError, match="blocks"):
+        stream_blocks(_model(), model.blocks, "cpu")
+
+
+def test_streamed_t5_keeps_its_tied_embedding():
+    from tiny_models import tiny_t5
+
+    tokenizer, t5 = tiny_t5()
+    t5.eval()
+    ids = tokenizer(["a red circle moves left"], return_tensors="pt").input_ids
+    ref = t5(ids)[0]
+    stream_blocks(t5, t5.encoder.block, "cpu")
+    assert t5.encoder.embed_tokens.weight is t5.shared.weight
+    torch.testing.assert_close(t5(ids)[0], ref, rtol=0, atol=1e-6)
+
+
+def test_int8_weights_stay_close():
+    pytest.importorskip("torchao")
+    model = _model()
+    noise, text, _ = _inputs(model)
+    t = torch.full((2,), 700)
+    ref = model(noise, text, t)
+    out = quantize_weights(model, "int8")(noise, text, t)
+    error = (out - ref).norm() / ref.norm()
+    assert 0 < error < 0.02, error
+    with pytest.raises(ValueError, match="quantize"):
+        quantize_weights(model, "int4")
+
+
+def test_layout_parsing():
+    assert SamplingLayout.parse("none") == SamplingLayout(1, 1)
+    assert SamplingLayout.parse("cfg") == SamplingLayout(2, 1)
+    assert SamplingLayout.parse("ulysses=3") == SamplingLayout(1, 3)
+    assert SamplingLayout.parse("cfg,ulysses=2").world == 4
+    for bad in ("ulysses", "ulysses=0", "cfg,cfg", "tp=2"):
+        with pytest.raises(ValueError, match="parallel"):
+            SamplingLayout.parse(bad)
+    with pytest.raises(ValueError, match="heads"):
+        SamplingLayout(1, 4).check(heads=6, guidance=6.0)
+    with pytest.raises(ValueError, match="guidance"):
+        SamplingLayout(2, 1).check(heads=6, guidance=1.0)
+
+
+# -- several ranks: scale/sample.py under torchrun, on a tiny diffusers-layout folder ---------
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    pytest.importorskip("diffusers")
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+    from tiny_models import tiny_t5
+
+    tokenizer, t5 = tiny_t5(num_layers=1)
+    torch.manual_seed(0)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=6, attention_head_dim=16, time_embed_dim=16, text_embed_dim=16,
+        num_layers=2, sample_height=4, sample_width=6, sample_frames=9,
+        use_rotary_positional_embeddings=True,
+    )  # fmt: skip
+    for p in transformer.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    vae = AutoencoderKLCogVideoX(
+        block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4
+    )
+    scheduler = CogVideoXDDIMScheduler(**NoiseSchedule.cogvideox_5b().to_diffusers_config())
+    folder = tmp_path_factory.mktemp("tiny_cogvideox")
+    CogVideoXPipeline(tokenizer, t5, vae, transformer, scheduler).save_pretrained(folder)
+    return folder
+
+
+def _sample_latents(folder, out_dir, nproc: int, *extra: str) -> torch.Tensor:
+    latents = out_dir / f"latents_{nproc}_{'_'.join(extra) or 'plain'}.safetensors"
+    args = ["--model", str(folder), "--prompt", "a small red circle moves left", "--steps", "3"]
+    args += ["--frames", "9", "--height", "32", "--width", "48", "--dtype", "fp32"]
+    args += ["--device", "cpu", "--out", str(out_dir / "v.gif"), "--save-latents", str(latents)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    cmd += ["--master_port", str(free_port()), str(ROOT / "scale" / "sample.py"), *args, *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-6000:]
+    return load_file(latents)["latents"]
+
+
+@pytest.fixture(scope="module")
+def one_process_latents(tiny_folder, tmp_path_factory):
+    latents = _sample_latents(tiny_folder, tmp_path_factory.mktemp("one"), 1)
+    assert latents.shape == (1, 16, 3, 4, 6) and latents.std() > 0.1
+    return latents
+
+
+@pytest.mark.parametrize(
+    "nproc,layout", [(2, "cfg"), (2, "ulysses=2"), (3, "ulysses=3"), (4, "cfg,ulysses=2")]
+)
+def test_several_ranks_give_the_one_process_latents(
+    tiny_folder, one_process_latents, tmp_path, nproc, layout
+):
+    many = _sample_latents(tiny_folder, tmp_path, nproc, "--parallel", layout)
+    torch.testing.assert_close(many, one_process_latents, rtol=0, atol=1e-5)
+
+
+def test_two_forwards_and_step_cache_off_give_the_batched_latents(
+    tiny_folder, one_process_latents, tmp_path
+):
+    separate = _sample_latents(tiny_folder, tmp_path, 1, "--cfg", "separate", "--cache", "0")
+    torch.testing.assert_close(separate, one_process_latents, rtol=0, atol=1e-5)
