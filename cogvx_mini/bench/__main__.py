@@ -5,6 +5,7 @@ python -m cogvx_mini.bench transformer [options]  # see cogvx_mini/bench/transfo
 python -m cogvx_mini.bench interop [options]      # see cogvx_mini/bench/interop.py
 python -m cogvx_mini.bench scale [options]        # see cogvx_mini/bench/scale.py (torchrun -m too)
 python -m cogvx_mini.bench mini [options]         # see cogvx_mini/bench/mini.py (judge scores)
+python -m cogvx_mini.bench sampling [options]     # see cogvx_mini/bench/sampling.py (CFG steps)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ BENCHMARKS = {
     "interop": "cogvx_mini.bench.interop",
     "scale": "cogvx_mini.bench.scale",
     "mini": "cogvx_mini.bench.mini",
+    "sampling": "cogvx_mini.bench.sampling",
 }
 
 
