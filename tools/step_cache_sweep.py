@@ -28,8 +28,8 @@ for th in [0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]:
             chunk = prompts[i : i + 32]
             cache = StepCache(pipe.transformer, th)
             videos = generate(chunk, replace(pipe, transformer=cache), progress=False)
-            old += [judge(v, p) for v, p in zip(videos, chunk)]
-            strict += [strict_judge(v, p) for v, p in zip(videos, chunk)]
+            old += [judge(v, p) for v, p in zip(videos, chunk, strict=True)]
+            strict += [strict_judge(v, p) for v, p in zip(videos, chunk, strict=True)]
             skipped.append(sum(cache.skipped) / len(cache.skipped))
         row[split] = {
             "judge": sum(old) / 64,

@@ -64,7 +64,7 @@ def _row(name: str, step, args, inputs: Inputs) -> dict:
         row["peak_gb"] = _peak_memory(device)
         row["tflops"] = inputs.flops / row["step_s"] / 1e12
         print(f"  {name:<28} step {row['step_s']:.3f} s  x50 {row['steps_50_s']:6.1f} s  "
-              f"peak {row['peak_gb']:5.1f} GB  {row['tflops']:.0f} TFLOP/s", flush=True)  # fmt: skip
+              f"peak {row['peak_gb']:5.1f} GB  {row['tflops']:.0f} TFLOP/s")  # fmt: skip
     except Exception as error:  # keep the other rows (e.g. an unsupported kernel)
         row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
         print(f"  {name:<28} failed: {row['error']}", flush=True)
@@ -92,7 +92,7 @@ def _diffusers_rows(config, inputs: Inputs, args) -> tuple[list[dict], dict]:
     rows = [_row("diffusers", step, args, inputs)]
     state = transformer_state_dict_from_diffusers(theirs.state_dict(), config)
     state = {k: v.cpu() for k, v in state.items()}
-    del theirs, step
+    theirs = None  # frees the GPU copy (the closure holds the name, not the model)
     _free(device)
     return rows, state
 
@@ -104,23 +104,29 @@ def _model(config, state: dict, device: str | torch.device) -> CogVideoXTransfor
     return model.eval().requires_grad_(False)
 
 
+def _step(model, inputs: Inputs, separate: bool = False):
+    """One CFG step's predictions: one batch-2 forward, or two batch-1 forwards."""
+    if not separate:
+        return lambda: model(inputs.x, inputs.text, inputs.t)
+    x, t = inputs.x[:1], inputs.t[:1]
+    return lambda: (model(x, inputs.text[:1], t), model(x, inputs.text[1:], t))
+
+
 def _eager_rows(config, state, inputs: Inputs, args) -> list[dict]:
     model = _model(config, state, args.device)
-    x1, text, negative = inputs.x[:1], inputs.text[:1], inputs.text[1:]
     rows = [
-        _row("separate", lambda: (model(x1, text, inputs.t[:1]), model(x1, negative, inputs.t[:1])), args, inputs),
-        _row("batched", lambda: model(inputs.x, inputs.text, inputs.t), args, inputs),
-    ]  # fmt: skip
+        _row("separate", _step(model, inputs, separate=True), args, inputs),
+        _row("batched", _step(model, inputs), args, inputs),
+    ]
     apply_compile(model)
     for backend in args.backends:
         use_attention_backend(model, backend)
         with _sdpa_backend(backend, torch.device(args.device)):
-            rows.append(_row(f"compiled {backend}", lambda: model(inputs.x, inputs.text, inputs.t), args, inputs))  # fmt: skip
+            rows.append(_row(f"compiled {backend}", _step(model, inputs), args, inputs))
     use_attention_backend(model, args.backends[0])
     cache = StepCache(model, threshold=float("inf"))
     cache(inputs.x, inputs.text, inputs.t)  # a full step; every later call skips
-    rows.append(_row("cached step (skipped)", lambda: cache(inputs.x, inputs.text, inputs.t), args, inputs))  # fmt: skip
-    del model, cache
+    rows.append(_row("cached step (skipped)", _step(cache, inputs), args, inputs))
     return rows
 
 
@@ -130,19 +136,18 @@ def _memory_rows(config, state, inputs: Inputs, args) -> list[dict]:
         try:
             model = quantize_weights(_model(config, state, args.device), mode)
             apply_compile(model)
-            rows.append(_row(f"{mode} compiled", lambda: model(inputs.x, inputs.text, inputs.t), args, inputs))  # fmt: skip
-            x1, t1 = inputs.x[:1], inputs.t[:1]
-            rows.append(_row(f"{mode} compiled, separate", lambda: (model(x1, inputs.text[:1], t1), model(x1, inputs.text[1:], t1)), args, inputs))  # fmt: skip
+            rows.append(_row(f"{mode} compiled", _step(model, inputs), args, inputs))
+            step = _step(model, inputs, separate=True)
+            rows.append(_row(f"{mode} compiled, separate", step, args, inputs))
         except Exception as error:
             rows.append({"mode": mode, "error": f"{type(error).__name__}: {error}"[:200]})
             print(f"  {mode:<28} failed: {rows[-1]['error']}")
-        model = None
+        model = step = None
         _free(torch.device(args.device))
     model = _model(config, state, "cpu")
     stream_blocks(model, model.blocks, args.device)
-    x1, t1 = inputs.x[:1], inputs.t[:1]
-    rows.append(_row("sequential, separate", lambda: (model(x1, inputs.text[:1], t1), model(x1, inputs.text[1:], t1)), args, inputs))  # fmt: skip
-    rows.append(_row("sequential", lambda: model(inputs.x, inputs.text, inputs.t), args, inputs))
+    rows.append(_row("sequential, separate", _step(model, inputs, separate=True), args, inputs))
+    rows.append(_row("sequential", _step(model, inputs), args, inputs))
     return rows
 
 
@@ -183,7 +188,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for name in args.models:
         rows += bench(name, args)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"device": _device_name(args), "rows": rows}, indent=1))
+        result = {"device": _device_name(args), "rows": rows}
+        Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
     return rows
 
