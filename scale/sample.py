@@ -34,7 +34,7 @@ from cogvx_mini.data.text_encoder import T5TextEncoder
 from cogvx_mini.data.video_io import save_video
 from cogvx_mini.diffusion import cfg_predictor, ddim_sample
 from cogvx_mini.inference.memory import QUANTIZE_MODES, quantize_weights, stream_blocks
-from cogvx_mini.inference.step_cache import StepCache
+from cogvx_mini.inference.step_cache import FAST_CACHE_THRESHOLD, StepCache
 from cogvx_mini.parallel.runtime import apply_compile
 from cogvx_mini.parallel.sampling import (
     SamplingLayout,
@@ -44,6 +44,7 @@ from cogvx_mini.parallel.sampling import (
     parallelize_for_sampling,
 )
 from cogvx_mini.shapes import check_frame_count
+from cogvx_mini.training.lora import load_lora_diffusers, lora_file, unload_lora
 from cogvx_mini.vae import VAEConfig
 from cogvx_mini.weights import (
     schedule_from_diffusers,
@@ -64,9 +65,6 @@ COMPONENT_FILES = {
 }
 VIDEO_SUFFIXES = (".mp4", ".gif")
 OFFLOAD_MODES = ("model", "sequential")
-# The step-cache threshold of --fast: on the mini model it skips 62% of the steps for a judge
-# drop <= 0.01 (both judges, both splits; book/data/step_cache.json).
-FAST_CACHE_THRESHOLD = 0.15
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,8 @@ class SampleRuntime:
     lossy). ``offload``: ``"model"`` puts each component whole on the GPU in turn; ``"sequential"``
     streams T5's and the transformer's blocks from the CPU. ``quantize``: ``"int8"``/``"fp8"``
     weight-only (torchao, lossy). ``layout``: the ranks (``torchrun``; see
-    :mod:`cogvx_mini.parallel.sampling`).
+    :mod:`cogvx_mini.parallel.sampling`). ``lora``: a diffusers/finetrainers LoRA folder merged
+    into the weights at ``lora_scale`` (:mod:`cogvx_mini.training.lora`).
     """
 
     batched_cfg: bool = True
@@ -164,6 +163,8 @@ class SampleRuntime:
     offload: str = "model"
     quantize: str | None = None
     layout: SamplingLayout = SamplingLayout()
+    lora: str | Path | None = None
+    lora_scale: float = 1.0
 
     def check(self, folder: ModelFolder, guidance: float) -> None:
         if self.offload not in OFFLOAD_MODES:
@@ -171,6 +172,9 @@ class SampleRuntime:
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise ValueError(f"quantize: expected one of {QUANTIZE_MODES}, got {self.quantize!r}")
         finite_float("cache_threshold", self.cache_threshold, low=0.0)
+        finite_float("lora_scale", self.lora_scale)
+        if self.lora is not None:
+            lora_file(self.lora)  # a missing or pickled file fails before anything loads
         self.layout.check(folder.num_heads, guidance)
         if self.cache_threshold > 0 and self.layout.ulysses > 1:
             raise ValueError("cache_threshold: step caching does not combine with ulysses > 1")
@@ -186,6 +190,10 @@ def build_denoiser(model: str | Path, runtime: SampleRuntime, ranks: SamplingRan
     transformer = transformer_from_diffusers(
         model, dtype=dtype, device="cpu" if sequential else device
     )
+    if runtime.lora is not None:
+        # Merged into the weights: no cost per step, and every choice below sees plain linears.
+        load_lora_diffusers(transformer, runtime.lora, runtime.lora_scale)
+        unload_lora(transformer, merge=True)
     if sequential:
         stream_blocks(transformer, transformer.blocks, device)
     if runtime.quantize:
@@ -395,6 +403,10 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", type=_layout, default=SamplingLayout(),
                    help="none, cfg, ulysses=K or cfg,ulysses=K (under torchrun)")  # fmt: skip
     p.add_argument("--save-latents", default=None, help="write the final latents (.safetensors)")
+    p.add_argument("--lora", default=None, metavar="FOLDER",
+                   help="a diffusers LoRA (pytorch_lora_weights.safetensors), merged")  # fmt: skip
+    p.add_argument("--lora-scale", type=cli_type(finite_float, float), default=1.0,
+                   help="strength of --lora (diffusers' adapter weight)")  # fmt: skip
 
 
 def _layout(text: str) -> SamplingLayout:
@@ -415,6 +427,8 @@ def _runtime(args: argparse.Namespace) -> SampleRuntime:
         offload=args.offload,
         quantize=args.quantize,
         layout=args.parallel,
+        lora=args.lora,
+        lora_scale=args.lora_scale,
     )
 
 

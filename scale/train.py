@@ -14,6 +14,12 @@ writes ``OUT/metrics.jsonl``; at the end it writes ``OUT/transformer.safetensors
 ``OUT/transformer_ema.safetensors``. A non-finite loss or gradient stops the run (exit status 1)
 before the weights change, keeping the last checkpoint.
 
+``--set lora.rank=64`` (and ``lora.alpha``, ``lora.dropout``, ``lora.targets``) fine-tunes a LoRA
+of ``train.init_from`` instead (:mod:`cogvx_mini.training.lora`): the LoRA layers are added
+before FSDP wraps the model, only their factors train (and are averaged by the EMA), and the run
+writes ``OUT/lora/`` and ``OUT/lora_ema/``, each a ``pytorch_lora_weights.safetensors`` that
+diffusers' ``CogVideoXPipeline.load_lora_weights`` and ``scale/sample.py --lora`` read.
+
 The step is the library's (``cogvx_mini.training``): ``Objective.per_sample_loss`` per
 micro-batch, ``optimizer_step`` (finite-loss guard, clipping, AdamW, ``EMA``), ``LRSchedule``,
 ``TimestepLossTracker``.
@@ -109,6 +115,7 @@ def save_sharded_checkpoint(
     if d.is_main:
         meta = {"step": step, "model": config.model.__dict__, "world": d.world, "cp": d.cp}
         meta["transformer_config"] = _config_dict(config.transformer_config())
+        meta["lora"] = _lora_dict(config)
         meta["digests"] = file_digests(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         shutil.rmtree(final, ignore_errors=True)
@@ -126,11 +133,21 @@ def _config_dict(model_config) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(model_config), default=str))
 
 
+def _lora_dict(config: ScaleConfig) -> dict | None:
+    """The ``lora`` section as a checkpoint records it (``None``: every weight trains)."""
+    import dataclasses
+
+    return dataclasses.asdict(config.lora) if config.lora.rank else None
+
+
 def check_checkpoint_config(path: Path, config: ScaleConfig) -> dict:
-    """Read ``meta.json`` and raise ``ValueError`` if the checkpoint is of another model config."""
+    """Read ``meta.json`` and raise ``ValueError`` if the checkpoint is of another model config
+    (the transformer's, or another LoRA: its parameters and what trains differ)."""
     meta = json.loads((path / "meta.json").read_text())
     ours, theirs = _config_dict(config.transformer_config()), meta["transformer_config"]
     diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
+    if meta.get("lora") != _lora_dict(config):  # checkpoints saved before LoRA have none
+        diff["lora"] = (meta.get("lora"), _lora_dict(config))
     if diff:
         lines = ", ".join(f"{k}: checkpoint {a!r} vs config {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"checkpoint {path} is of another model config ({lines})")
@@ -164,12 +181,21 @@ def resume_point(ckpt_dir: Path, d: Dist, no_resume: bool) -> Path | None:
     return Path(choice[0]) if choice[0] else None
 
 
-def export_weights(out: Path, model, ema: EMA, d: Dist) -> None:
-    """Write the full (unsharded) weights and EMA weights as cogvx_mini state dicts."""
+def export_weights(out: Path, model, ema: EMA, d: Dist, config: ScaleConfig) -> None:
+    """Write the full (unsharded) weights and EMA weights as cogvx_mini state dicts, or with
+    LoRA the LoRA and its EMA in diffusers' format (``OUT/lora/``, ``OUT/lora_ema/``)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from cogvx_mini.weights.checkpoint import save_weights
 
+    if config.lora.rank:
+        from cogvx_mini.training.lora import save_lora_diffusers
+
+        # Every rank gathers the shards of each factor; rank 0 writes.
+        save_lora_diffusers(model, out / "lora", write=d.is_main)
+        save_lora_diffusers(model, out / "lora_ema", weights=ema.state_dict(), write=d.is_main)
+        dist.barrier()
+        return
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
@@ -190,8 +216,74 @@ def build(
     config: ScaleConfig, d: Dist, on_meta: bool | None = None, independent_init: bool = False
 ):
     """The transformer, checkpointed, context-parallel and sharded with FSDP2 in place (see
-    ``cogvx_mini.parallel.build_transformer``); returns ``(model, transformer_config)``."""
+    ``cogvx_mini.parallel.build_transformer``), with LoRA layers when ``lora.rank`` > 0; returns
+    ``(model, transformer_config)``."""
+    if config.lora.rank:
+        return build_with_lora(config, d, on_meta, independent_init)
     return build_transformer(config, d, on_meta, independent_init)
+
+
+def build_with_lora(
+    config: ScaleConfig, d: Dist, on_meta: bool | None = None, independent_init: bool = False
+):
+    """``build_transformer``'s steps with the LoRA layers added before anything is sharded:
+    FSDP2 shards the parameters a module has when it is wrapped, so the factors must exist by
+    then. Everything but the factors is frozen; ``train.init_from`` gives the base weights."""
+    from cogvx_mini.parallel import materialize, parallelize
+    from cogvx_mini.training.lora import add_lora, reset_lora
+    from cogvx_mini.transformer import CogVideoXTransformer
+    from cogvx_mini.weights.loading import load_transformer_weights
+
+    tcfg = config.transformer_config()
+    on_meta = d.device.type == "cuda" if on_meta is None else on_meta
+    torch.manual_seed(config.train.seed)
+    with torch.device("meta" if on_meta else "cpu"):
+        model = CogVideoXTransformer(tcfg)
+    if config.train.init_from and not on_meta:
+        load_transformer_weights(model, config.train.init_from)
+    add_lora(model, config.lora.settings())  # after the seeded init: every rank draws the same A
+    parallelize(model, config.parallel, d)
+    if on_meta:
+        offload = config.parallel.cpu_offload and d.device.type == "cuda"
+        materialize(model, torch.device("cpu") if offload else d.device, config.train.seed,
+                    independent_init)  # fmt: skip
+        reset_lora(model)  # materialize drew every linear anew, B too: start from B = 0 again
+        if config.train.init_from:
+            load_base_weights(model, config.train.init_from, d)
+    return model, tcfg
+
+
+def load_base_weights(model, path: str, d: Dist) -> None:
+    """Rank 0 reads the plain weights at ``path`` and checks them against the LoRA model's base
+    (an error stops every rank); every rank receives its shards, the LoRA factors stay."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from cogvx_mini.training.lora import base_weights
+    from cogvx_mini.weights.loading import read_init_weights
+
+    state, error = {}, [None]
+    if d.is_main:
+        try:
+            state = base_weights(model, read_init_weights(path), source=path)
+        except (OSError, ValueError) as err:
+            error = [f"{type(err).__name__}: {err}"]
+    dist.broadcast_object_list(error, src=0)
+    if error[0]:
+        raise ValueError(error[0])
+    # strict=False: the factors are not in the file; every other key was checked on rank 0.
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+    set_model_state_dict(model, state, options=options)
+
+
+class TrainableParameters:
+    """What ``EMA`` reads of a model, ``named_parameters()``, limited to the parameters that
+    train: under LoRA an average of the frozen base would be a second copy of it for nothing."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [(k, p) for k, p in self.model.named_parameters() if p.requires_grad]
 
 
 def load_dataset(data: str, config: ScaleConfig, tcfg):
@@ -271,6 +363,10 @@ def main(argv: list[str] | None = None) -> None:
         config = load_config(args.config, args.set)
     except (TypeError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
+    if config.lora.rank and not config.train.init_from:
+        # A fresh model predicts zero (AdaLN-zero, zero output projection): no gradient reaches
+        # a LoRA of its blocks.
+        raise SystemExit("error: lora.rank fine-tunes train.init_from: set the weights to adapt")
     d = init_with_timeout(config.parallel.cp, args.device, args.init_timeout)
     try:
         train(config, d, args)
@@ -335,8 +431,9 @@ class ScaleRun:
         t, o = config.train, config.optim
         dataset = load_dataset(data, config, tcfg)
         objective = Objective.for_preset(config.model.preset)
+        trainable = TrainableParameters(model)  # all of them, or the LoRA factors only
         optimizer = torch.optim.AdamW(
-            model.parameters(),
+            [p for _, p in trainable.named_parameters()],
             lr=o.lr,
             betas=tuple(o.betas),
             eps=o.eps,
@@ -350,7 +447,7 @@ class ScaleRun:
             BatchPlan(dataset, t.global_batch, t.seed),
             objective,
             optimizer,
-            EMA(model, o.ema_decay),
+            EMA(trainable, o.ema_decay),
             TimestepLossTracker(objective.num_timesteps, T_BUCKETS),
             t.global_batch // dp,
         )
@@ -410,8 +507,10 @@ def announce(run: ScaleRun, config: ScaleConfig, d: Dist, out: Path, latest: Pat
     """Rank 0: write ``config.json`` and say what trains where, from scratch or resuming."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+    trained = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    lora = f" (LoRA rank {config.lora.rank}: {trained:,} trained)" if config.lora.rank else ""
     print(
-        f"{sum(p.numel() for p in run.model.parameters()):,} parameters on {d.world} "
+        f"{sum(p.numel() for p in run.model.parameters()):,} parameters{lora} on {d.world} "
         f"ranks (dp={d.world // d.cp} x cp={d.cp}), {len(run.dataset)} samples in "
         f"{len(run.plan.keys)} buckets, "
         f"{'resuming from ' + str(latest) if latest else 'from scratch'}",
@@ -473,7 +572,7 @@ def train(config: ScaleConfig, d: Dist, args: argparse.Namespace) -> None:
     bar.close()
     finished = args.stop_after is None or args.stop_after >= t.steps
     if finished and not args.no_export:
-        export_weights(args.out, run.model, run.ema, d)
+        export_weights(args.out, run.model, run.ema, d, config)
     if d.is_main:
         print(f"{'done' if finished else 'stopped'}: {args.out}", flush=True)
         metrics.close()

@@ -6,6 +6,7 @@ python -m cogvx_mini.bench interop [options]      # see cogvx_mini/bench/interop
 python -m cogvx_mini.bench scale [options]        # see cogvx_mini/bench/scale.py (torchrun -m too)
 python -m cogvx_mini.bench mini [options]         # see cogvx_mini/bench/mini.py (judge scores)
 python -m cogvx_mini.bench sampling [options]     # see cogvx_mini/bench/sampling.py (CFG steps)
+python -m cogvx_mini.bench lora [options]         # see cogvx_mini/bench/lora.py (LoRA vs full)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ BENCHMARKS = {
     "scale": "cogvx_mini.bench.scale",
     "mini": "cogvx_mini.bench.mini",
     "sampling": "cogvx_mini.bench.sampling",
+    "lora": "cogvx_mini.bench.lora",
 }
 
 

@@ -98,14 +98,37 @@ class TrainSection:
 
 
 @dataclass
+class LoraSection:
+    """LoRA fine-tuning (:mod:`cogvx_mini.training.lora`, needs ``peft``). ``rank`` 0 trains
+    every weight; a rank r > 0 freezes the model (``train.init_from``) and trains
+    ``(α/r)·B·A`` on ``targets`` (``qkv``, ``out``, ``fc1``, ``fc2``) of every block, with
+    ``alpha`` α (null: α = r) and ``dropout`` on the LoRA input; the run exports the LoRA as
+    ``OUT/lora/pytorch_lora_weights.safetensors`` in diffusers' format."""
+
+    rank: int = 0
+    alpha: float | None = None
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["qkv", "out", "fc1", "fc2"])
+
+    def settings(self):
+        """The ``LoraSettings`` of this section (checked), ``None`` when ``rank`` is 0."""
+        if self.rank == 0:
+            return None
+        from cogvx_mini.training.lora import LoraSettings
+
+        return LoraSettings(self.rank, self.alpha, self.dropout, tuple(self.targets))
+
+
+@dataclass
 class ScaleConfig:
-    """A whole training config: model, data, parallel, optim, train."""
+    """A whole training config: model, data, parallel, optim, train, lora."""
 
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    lora: LoraSection = field(default_factory=LoraSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -191,6 +214,11 @@ def validate(config: ScaleConfig) -> None:
         if value < 1:
             raise ValueError(f"{key}: expected a positive integer, got {value}")
     _validate_optim(o)
+    if config.lora.rank < 0:
+        raise ValueError(
+            f"lora.rank: expected 0 (off) or a positive integer, got {config.lora.rank}"
+        )
+    config.lora.settings()  # checks alpha, dropout and targets when LoRA is on
     if not d.buckets:
         raise ValueError("data.buckets: expected at least one [frames, height, width]")
     for i, bucket in enumerate(d.buckets):

@@ -2,6 +2,7 @@
 
     python -m cogvx_mini.training.train --out runs/mini   # `make train`: ships the EMA weights
     python -m cogvx_mini.training.train --out runs/mini --steps 50   # resumes if interrupted
+    python -m cogvx_mini.training.train --out runs/lora --init-from W --lora-rank 8   # LoRA only
 
 What happens, in CogVideoX's order [@yang2024cogvideox]:
 
@@ -18,12 +19,18 @@ What happens, in CogVideoX's order [@yang2024cogvideox]:
    training while the last good checkpoint stays in place.
 
 ``train()`` reads as the recipe: ``sample_batch`` -> ``train_step`` -> ``maybe_save``.
+
+With ``--lora-rank R`` (``--lora-alpha``, ``--lora-dropout``, ``--lora-targets``) the weights of
+``--init-from`` are frozen and only a LoRA of rank R trains (``cogvx_mini.training.lora``); the
+run writes ``OUT/lora/pytorch_lora_weights.safetensors`` (diffusers' format) beside the EMA
+weights with the LoRA merged, and resumes only with the same LoRA.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import random
@@ -43,6 +50,7 @@ from cogvx_mini.diffusion import NoiseSchedule
 from cogvx_mini.frame_pack import Bucket, bucket_batches, pack_to_bucket
 from cogvx_mini.timestep_sampling import TimestepLossTracker, batch_timesteps
 from cogvx_mini.training.ema import EMA
+from cogvx_mini.training.lora import LoraSettings, add_lora, lora_summary
 from cogvx_mini.training.objective import DiffusionBatch, Objective
 from cogvx_mini.training.overrides import parse_overrides
 from cogvx_mini.training.schedule import LRSchedule
@@ -343,6 +351,16 @@ def resume_from(run: RunState, cfg: TrainConfig, path: Path) -> None:
     if not path.is_file():
         return
     state = load_checkpoint(path)
+    saved, current = state.get("lora") or {}, lora_summary(run.model) or {}  # {}: no LoRA
+    if saved != current:
+        name = next(
+            k for k in sorted(saved.keys() | current.keys()) if saved.get(k) != current.get(k)
+        )
+        raise ValueError(
+            f"checkpoint {path} was written with another LoRA ({name} [rank, alpha, dropout]: "
+            f"checkpoint {saved.get(name)} vs model {current.get(name)}); use a new --out "
+            "folder or the same --lora settings"
+        )
     if state["config"] != dataclasses.asdict(cfg):
         changed = sorted(
             k for k, v in dataclasses.asdict(cfg).items() if state["config"].get(k) != v
@@ -484,6 +502,7 @@ def maybe_save(
     """Write the checkpoint every ``cfg.checkpoint_every`` steps (or when ``force``)."""
     if path is not None and (force or run.step % cfg.checkpoint_every == 0):
         state = run.state_dict() | {"config": dataclasses.asdict(cfg)}
+        state["lora"] = lora_summary(run.model)  # resumed only with the same LoRA
         save_checkpoint(state | {"latent_scale": dataset.latent_scale}, path)
 
 
@@ -595,6 +614,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="start from these transformer weights (and their config)",
     )
+    _add_lora_args(parser)
     args = parser.parse_args(argv)
     if args.recipe is not None:
         argv = sys.argv[1:] if argv is None else argv
@@ -607,7 +627,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--ship: the shipped model is of the full world, not --world {args.world}")
     if args.init_from is not None and args.model:
         parser.error("--init-from takes the config stored with the weights; drop --model")
+    if args.lora_rank and args.init_from is None:
+        parser.error("--lora-rank fine-tunes a trained model: give its weights with --init-from")
+    if args.lora_rank and args.ship:
+        parser.error("--ship replaces the shipped full model; a LoRA run writes OUT/lora/")
+    try:
+        args.lora = lora_settings(args)
+    except ValueError as err:
+        parser.error(str(err))
     return args
+
+
+def _add_lora_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lora-rank", type=int, default=0, help="train only a LoRA of this rank (0: all weights)"
+    )
+    parser.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: rank)")
+    parser.add_argument("--lora-dropout", type=float, default=0.0)
+    parser.add_argument(
+        "--lora-targets",
+        nargs="+",
+        default=list(LoraSettings.targets),
+        help="block projections to adapt (qkv out fc1 fc2)",
+    )
+
+
+def lora_settings(args: argparse.Namespace) -> LoraSettings | None:
+    """The ``LoraSettings`` of ``--lora-*`` (checked), ``None`` without ``--lora-rank``."""
+    if not args.lora_rank:
+        return None
+    return LoraSettings(
+        args.lora_rank, args.lora_alpha, args.lora_dropout, tuple(args.lora_targets)
+    )
 
 
 def build_model(args: argparse.Namespace, seed: int):
@@ -623,6 +674,8 @@ def build_model(args: argparse.Namespace, seed: int):
     model = CogVideoXTransformer(model_cfg)
     if init_state is not None:
         model.load_state_dict(init_state)  # float16 files are cast to the model's float32
+    if getattr(args, "lora", None) is not None:
+        add_lora(model, args.lora)  # the loaded weights frozen, only the LoRA factors train
     return model.to(args.device), model_cfg
 
 
@@ -646,7 +699,16 @@ def ship(weights: Path, target: Path, finished: bool, log: Callable[[str], None]
 
 
 def export_ema(result: TrainResult, out: Path, model_cfg, cfg: TrainConfig, args) -> Path:
-    """The EMA weights in float16 (half the file; loading casts back to float32) with metadata."""
+    """The EMA weights in float16 (half the file; loading casts back to float32) with metadata.
+
+    A LoRA run also writes the EMA's LoRA to ``out/lora/`` in diffusers' format; the weights
+    file then holds the model with it merged, so that every loader of mini weights reads it."""
+    ema = result.ema
+    if lora_summary(ema) is not None:
+        from cogvx_mini.training.lora import save_lora_diffusers, unload_lora
+
+        save_lora_diffusers(ema, out / "lora")
+        ema = unload_lora(copy.deepcopy(ema), merge=True)
     meta = {
         "transformer_config": json.dumps(dataclasses.asdict(model_cfg)),
         "snr_shift_scale": str(cfg.snr_shift_scale),
@@ -654,7 +716,9 @@ def export_ema(result: TrainResult, out: Path, model_cfg, cfg: TrainConfig, args
         "steps": str(result.step),
         "init_from": str(args.init_from or ""),
     }
-    sd = result.ema.state_dict()
+    if getattr(args, "lora", None) is not None:
+        meta["lora"] = json.dumps(dataclasses.asdict(args.lora))
+    sd = ema.state_dict()
     state = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
     return save_weights(state, out / WEIGHTS_NAME, metadata=meta)
 
@@ -689,9 +753,11 @@ def main(argv: list[str] | None = None) -> None:
         ),
     )
     millions = sum(p.numel() for p in model.parameters()) / 1e6
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora = f" (LoRA rank {args.lora_rank}: {trained:,} trained)" if args.lora_rank else ""
     print(
         f"{len(dataset.clips)} clips cached (latent scale {dataset.latent_scale:.3f}); "
-        f"model: {millions:.2f} M parameters"
+        f"model: {millions:.2f} M parameters{lora}"
     )
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
     if args.compile:
