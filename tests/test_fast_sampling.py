@@ -199,3 +199,39 @@ def test_two_forwards_and_step_cache_off_give_the_batched_latents(
 ):
     separate = _sample_latents(tiny_folder, tmp_path, 1, "--cfg", "separate", "--cache", "0")
     torch.testing.assert_close(separate, one_process_latents, rtol=0, atol=1e-5)
+
+
+def test_replay_cache_follows_its_pattern_and_equals_a_measuring_cache():
+    """The bench's replayed skip pattern must reproduce what StepCache decided, exactly."""
+    from cogvx_mini.bench.sampling_parts import ReplayCache
+
+    model = _model()
+    x, text, _ = _inputs(model)
+    t = torch.full((2,), 500)
+    x1, x2 = x, x + 0.01 * torch.randn_like(x)  # a small change: the measuring cache skips
+    measuring = StepCache(model, threshold=1e9)
+    with torch.no_grad():
+        first = [measuring(z, text, t) for z in (x1, x2, x1)]
+        replay = ReplayCache(model, measuring.skipped)
+        again = [replay(z, text, t) for z in (x1, x2, x1)]
+    assert measuring.skipped == [False, True, True] and replay.skipped == measuring.skipped
+    for a, b in zip(first, again, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    forced = ReplayCache(model, [True, False, True])  # nothing cached yet: step 0 runs in full
+    with torch.no_grad():
+        [forced(z, text, t) for z in (x1, x2, x1)]
+    assert forced.skipped == [False, False, True]
+
+
+def test_kernel_kinds_of_real_kernel_names():
+    """Names as the profiler reports them on an H200 and on the CPU."""
+    from cogvx_mini.bench.sampling_parts import kernel_kind
+
+    assert kernel_kind("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16") == "attention"
+    assert kernel_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert kernel_kind("fmha_cutlassF_bf16_aligned_64x128_rf_sm80") == "attention"
+    assert kernel_kind("nvjet_tst_192x192_64x3_2x1_v_bz_coopA_TNT") == "matmul"
+    assert kernel_kind("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64") == "matmul"
+    assert kernel_kind("aten::addmm") == "matmul"
+    assert kernel_kind("triton_red_fused_native_layer_norm_0").startswith("element-wise")
+    assert kernel_kind("cudaLaunchKernel") == "other"

@@ -12,8 +12,11 @@ weights included. Modes: ``diffusers`` (their transformer, the batch-2 forward t
 runs), ``separate`` (two batch-1 forwards: scale/sample.py before batching), ``batched`` (one
 batch-2 forward), ``compiled <backend>`` (batched, blocks compiled: the lossless default, per SDPA
 backend), ``cached step`` (a step whose later blocks the step cache skips), ``fp8`` / ``int8``
-(torchao, compiled), ``sequential`` (blocks streamed from the CPU). VAE decoding is timed by
-``python -m cogvx_mini.bench vae``.
+(torchao, compiled), ``sequential`` (blocks streamed from the CPU). ``--parts`` adds (default:
+all) the memory modes, a profiled ``breakdown`` of a compiled step, measured 50-step ``loop`` runs
+(lossless; fast, with the mini model's skip pattern) and a streamed ``t5`` encoder
+(:mod:`cogvx_mini.bench.sampling_parts`). VAE decoding is timed by ``python -m cogvx_mini.bench
+vae``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,12 @@ from pathlib import Path
 
 import torch
 
+from cogvx_mini.bench.sampling_parts import (
+    breakdown,
+    loop_rows,
+    mini_skip_pattern,
+    t5_streamed_row,
+)
 from cogvx_mini.bench.transformer import CONFIGS, _free, _peak_memory, _sdpa_backend, timed
 from cogvx_mini.inference.memory import quantize_weights, stream_blocks
 from cogvx_mini.inference.step_cache import StepCache
@@ -32,6 +41,7 @@ from cogvx_mini.transformer import CogVideoXTransformer, forward_flops
 from cogvx_mini.weights.diffusers import transformer_state_dict_from_diffusers
 
 STEPS = 50
+PARTS = ("memory", "breakdown", "loop", "t5")
 
 
 class Inputs:
@@ -127,6 +137,11 @@ def _eager_rows(config, state, inputs: Inputs, args) -> list[dict]:
     cache = StepCache(model, threshold=float("inf"))
     cache(inputs.x, inputs.text, inputs.t)  # a full step; every later call skips
     rows.append(_row("cached step (skipped)", _step(cache, inputs), args, inputs))
+    if "breakdown" in args.parts:
+        rows.append({"mode": "breakdown", **breakdown(_step(model, inputs), args.device_)})
+        print(f"  breakdown {json.dumps(rows[-1]['kernel_s'])}", flush=True)
+    if "loop" in args.parts:
+        rows += loop_rows(model, inputs, args, args.skip_pattern, STEPS)
     return rows
 
 
@@ -172,10 +187,11 @@ def bench(name: str, args: argparse.Namespace) -> list[dict]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--models", nargs="+", choices=list(CONFIGS), default=["5b", "2b"])
+    p.add_argument("--models", nargs="*", choices=list(CONFIGS), default=["5b", "2b"])
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--backends", nargs="+", default=["auto", "flash", "cudnn", "efficient"])
-    p.add_argument("--parts", nargs="+", choices=["memory"], default=["memory"])
+    p.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS),
+                   help="beyond one timed step per mode (module docstring)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="outputs/bench_sampling.json")
@@ -184,14 +200,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    rows = []
+    args.device_ = torch.device(args.device)
+    if "loop" in args.parts:
+        args.skip_pattern = mini_skip_pattern(args.device_, STEPS)
+        print(f"fast preset on the mini model: {sum(args.skip_pattern)} of {STEPS} steps skipped")
+    rows = [_t5_row(args.device_)] if "t5" in args.parts else []
+    _write(args, rows)
     for name in args.models:
         rows += bench(name, args)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        result = {"device": _device_name(args), "rows": rows}
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        _write(args, rows)  # after each model: a later failure keeps the earlier rows
     print(f"wrote {args.out}")
     return rows
+
+
+def _write(args: argparse.Namespace, rows: list[dict]) -> None:
+    result = {"device": _device_name(args), "rows": rows}
+    if "loop" in args.parts:
+        result["mini_skip_pattern"] = args.skip_pattern
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+def _t5_row(device: torch.device) -> dict:
+    try:
+        return t5_streamed_row(device)
+    except Exception as error:  # e.g. transformers missing: keep the transformer rows
+        print(f"  T5 row failed: {type(error).__name__}: {error}", flush=True)
+        return {"mode": "T5-XXL, sequential", "error": f"{type(error).__name__}: {error}"[:200]}
 
 
 def _device_name(args) -> str:
