@@ -218,39 +218,30 @@ def build(
     """The transformer, checkpointed, context-parallel and sharded with FSDP2 in place (see
     ``cogvx_mini.parallel.build_transformer``), with LoRA layers when ``lora.rank`` > 0; returns
     ``(model, transformer_config)``."""
-    if config.lora.rank:
-        return build_with_lora(config, d, on_meta, independent_init)
-    return build_transformer(config, d, on_meta, independent_init)
+    adapter = LoraAdapter(config.lora.settings()) if config.lora.rank else None
+    return build_transformer(config, d, on_meta, independent_init, adapter)
 
 
-def build_with_lora(
-    config: ScaleConfig, d: Dist, on_meta: bool | None = None, independent_init: bool = False
-):
-    """``build_transformer``'s steps with the LoRA layers added before anything is sharded:
-    FSDP2 shards the parameters a module has when it is wrapped, so the factors must exist by
-    then. Everything but the factors is frozen; ``train.init_from`` gives the base weights."""
-    from cogvx_mini.parallel import materialize, parallelize
-    from cogvx_mini.training.lora import add_lora, reset_lora
-    from cogvx_mini.transformer import CogVideoXTransformer
-    from cogvx_mini.weights.loading import load_transformer_weights
+class LoraAdapter:
+    """LoRA layers for ``build_transformer``: added before anything is sharded (every rank draws
+    the same A after the seeded init), reset to B = 0 after the meta path drew every linear
+    anew, and the base weights loaded around the factors. Everything but the factors is frozen."""
 
-    tcfg = config.transformer_config()
-    on_meta = d.device.type == "cuda" if on_meta is None else on_meta
-    torch.manual_seed(config.train.seed)
-    with torch.device("meta" if on_meta else "cpu"):
-        model = CogVideoXTransformer(tcfg)
-    if config.train.init_from and not on_meta:
-        load_transformer_weights(model, config.train.init_from)
-    add_lora(model, config.lora.settings())  # after the seeded init: every rank draws the same A
-    parallelize(model, config.parallel, d)
-    if on_meta:
-        offload = config.parallel.cpu_offload and d.device.type == "cuda"
-        materialize(model, torch.device("cpu") if offload else d.device, config.train.seed,
-                    independent_init)  # fmt: skip
-        reset_lora(model)  # materialize drew every linear anew, B too: start from B = 0 again
-        if config.train.init_from:
-            load_base_weights(model, config.train.init_from, d)
-    return model, tcfg
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+    def add(self, model) -> None:
+        from cogvx_mini.training.lora import add_lora
+
+        add_lora(model, self.settings)
+
+    def after_materialize(self, model) -> None:
+        from cogvx_mini.training.lora import reset_lora
+
+        reset_lora(model)
+
+    def load_init(self, model, path: str, d: Dist) -> None:
+        load_base_weights(model, path, d)
 
 
 def load_base_weights(model, path: str, d: Dist) -> None:

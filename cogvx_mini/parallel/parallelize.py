@@ -40,7 +40,11 @@ def parallelize(model: nn.Module, parallel, d: Dist) -> nn.Module:
 
 
 def build_transformer(
-    config, d: Dist, on_meta: bool | None = None, independent_init: bool = False
+    config,
+    d: Dist,
+    on_meta: bool | None = None,
+    independent_init: bool = False,
+    adapter=None,
 ) -> tuple[nn.Module, object]:
     """The ``CogVideoXTransformer`` of ``config`` (a ``ScaleConfig``), parallelised; returns
     ``(model, transformer_config)``.
@@ -51,6 +55,9 @@ def build_transformer(
     cogvx_mini state dict or a diffusers folder (on CUDA read by rank 0 only, then broadcast).
     ``on_meta`` forces one path or the other (the benchmark uses the meta path on the CPU too);
     ``independent_init``: weights that do not depend on the sharding (see ``materialize``).
+    ``adapter`` (e.g. scale/train.py's LoRA) changes the model before it is sharded: its
+    ``add(model)`` runs before ``parallelize``, ``after_materialize(model)`` after the meta path
+    drew the weights, and its ``load_init(model, path, d)`` replaces the meta path's loading.
     """
     from cogvx_mini.transformer import CogVideoXTransformer
     from cogvx_mini.weights.loading import load_transformer_weights
@@ -62,12 +69,18 @@ def build_transformer(
         model = CogVideoXTransformer(tcfg)
     if config.train.init_from and not on_meta:
         load_transformer_weights(model, config.train.init_from)
+    if adapter is not None:
+        adapter.add(model)  # FSDP2 shards the parameters a module has when it is wrapped
     parallelize(model, config.parallel, d)
     if on_meta:
         offload = config.parallel.cpu_offload and d.device.type == "cuda"
         materialize(model, torch.device("cpu") if offload else d.device, config.train.seed,
                     independent_init)  # fmt: skip
-        if config.train.init_from:
+        if adapter is not None:
+            adapter.after_materialize(model)
+        if config.train.init_from and adapter is not None:
+            adapter.load_init(model, config.train.init_from, d)
+        elif config.train.init_from:
             load_full_state_dict(model, _rank0_init_weights(model, config.train.init_from, d))
     return model, tcfg
 
