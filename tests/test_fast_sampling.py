@@ -235,3 +235,30 @@ def test_kernel_kinds_of_real_kernel_names():
     assert kernel_kind("aten::addmm") == "matmul"
     assert kernel_kind("triton_red_fused_native_layer_norm_0").startswith("element-wise")
     assert kernel_kind("cudaLaunchKernel") == "other"
+
+
+def test_inductor_fused_kernels_are_element_wise_whatever_operators_they_name():
+    """Inductor names a fused kernel after the aten operators in it; a norm fused with the
+    reshape into cuDNN attention's layout is element-wise work, not attention (2B on an H200)."""
+    from cogvx_mini.bench.sampling_parts import ELEMENTWISE, kernel_kind
+
+    fused = "triton_per_fused__scaled_dot_product_cudnn_attention_native_layer_norm_transpose_4"
+    assert kernel_kind(fused) == ELEMENTWISE
+    assert kernel_kind("triton_poi_fused_add_cat_mul_native_layer_norm_neg_stack_5") == ELEMENTWISE
+    assert kernel_kind("triton_red_fused_addmm_native_layer_norm_1") == ELEMENTWISE
+    assert kernel_kind("aten::_scaled_dot_product_cudnn_attention") == "attention"
+
+
+def test_breakdown_regroups_from_per_kernel_times_and_names_the_misgrouped_kernels():
+    from cogvx_mini.bench.sampling_parts import breakdown, misgrouped, regrouped
+
+    a = torch.randn(64, 64)
+    row = breakdown(lambda: torch.nn.functional.gelu(a @ a), torch.device("cpu"))
+    seconds, recomputed = regrouped(row)
+    assert recomputed and seconds["matmul"] > 0
+    assert sum(seconds.values()) == pytest.approx(sum(row["kernel_s"].values()))
+    fused = "triton_per_fused__scaled_dot_product_cudnn_attention_native_layer_norm_3"
+    old = {"kernel_s": {"attention": 2.0, "other": 1.0}, "top_kernels": {"attention": [fused]}}
+    assert regrouped(old) == ({"attention": 2.0, "matmul": 0.0, "element-wise": 0.0,
+                               "other": 1.0}, False)  # fmt: skip
+    assert misgrouped(old) == [(fused, "attention", "element-wise")]

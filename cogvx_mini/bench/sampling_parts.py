@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -19,20 +21,37 @@ from cogvx_mini.bench.transformer import _free, _peak_memory, _sync, timed
 from cogvx_mini.diffusion import cfg_predictor, ddim_sample
 from cogvx_mini.inference.step_cache import FAST_CACHE_THRESHOLD, StepCache
 
+ELEMENTWISE = "element-wise (fused norm, modulation, RoPE, GELU)"
+
 # Substrings of kernel (CUDA) or operator (CPU) names, checked in this order.
 KERNEL_KINDS = {
     "attention": ("sdpa", "flash", "fmha", "attention", "scaled_dot_product"),
     "matmul": ("gemm", "nvjet", "xmma", "cutlass", "wgmma", "aten::mm", "aten::addmm", "aten::bmm"),
-    "element-wise (fused norm, modulation, RoPE, GELU)": (
+    ELEMENTWISE: (
         "triton", "elementwise", "vectorized", "reduce", "norm", "copy", "cat", "gelu", "mul",
         "add",
     ),
 }  # fmt: skip
 
+# Prefixes of the pointwise, reduction and persistent-reduction kernels Inductor generates. Their
+# names list the aten operators fused into them, attention's included where a norm is fused with
+# the reshape into attention's layout
+# (``triton_per_fused__scaled_dot_product_cudnn_attention_native_layer_norm_...``), so they are
+# recognised before the substrings. Inductor's templates (``triton_tem_``) are not among them.
+INDUCTOR_FUSED = ("triton_poi_", "triton_red_", "triton_per_")
+
+# Short names of the kinds, for tables and figures.
+SHORT_KINDS = {"attention": "attention", "matmul": "matmul", ELEMENTWISE: "element-wise",
+               "other": "other"}  # fmt: skip
+
 
 def kernel_kind(name: str) -> str:
-    """The category of a kernel or operator ``name`` (:data:`KERNEL_KINDS`, else ``"other"``)."""
+    """The category of a kernel or operator ``name``: an Inductor-generated fused kernel
+    (:data:`INDUCTOR_FUSED`) is element-wise, else the first of :data:`KERNEL_KINDS` with a
+    substring in the name, else ``"other"``."""
     lowered = name.lower()
+    if lowered.startswith(INDUCTOR_FUSED):
+        return ELEMENTWISE
     for kind, needles in KERNEL_KINDS.items():
         if any(needle in lowered for needle in needles):
             return kind
@@ -53,6 +72,7 @@ def breakdown(step, device: torch.device, top: int = 4) -> dict:
             wall = timed(step, device, warmup=0, repeats=1)
     seconds: dict[str, float] = {}
     kernels: dict[str, list[tuple[float, str]]] = {}
+    times: dict[str, float] = {}
     for event in prof.key_averages():
         if cuda and event.device_type != torch.autograd.DeviceType.CUDA:
             continue
@@ -60,13 +80,47 @@ def breakdown(step, device: torch.device, top: int = 4) -> dict:
         kind = kernel_kind(event.key)
         seconds[kind] = seconds.get(kind, 0.0) + spent
         kernels.setdefault(kind, []).append((spent, event.key[:120]))
+        times[event.key] = times.get(event.key, 0.0) + spent
     busy = sum(seconds.values())
     return {
         "wall_s": wall,
         "kernel_s": seconds,
         "host_gap_s": max(wall - busy, 0.0) if cuda else None,
         "top_kernels": {k: [n for _, n in sorted(v)[::-1][:top]] for k, v in kernels.items()},
+        "kernel_times_s": times,  # every kernel's seconds, so the grouping can be redone
     }
+
+
+def regrouped(row: dict) -> tuple[dict[str, float], bool]:
+    """Seconds per :data:`SHORT_KINDS` name of a ``breakdown`` row, and whether they were
+    recomputed with today's :func:`kernel_kind` from the row's per-kernel times (rows written
+    before those were recorded keep the grouping they were measured with)."""
+    times = row.get("kernel_times_s")
+    seconds = dict.fromkeys(SHORT_KINDS.values(), 0.0)
+    if times is None:
+        for kind, spent in row["kernel_s"].items():
+            seconds[SHORT_KINDS[kind]] += spent
+        return seconds, False
+    for name, spent in times.items():
+        seconds[SHORT_KINDS[kernel_kind(name)]] += spent
+    return seconds, True
+
+
+def misgrouped(row: dict) -> list[tuple[str, str, str]]:
+    """Kernels a ``breakdown`` row lists (``top_kernels``) under another kind than
+    :func:`kernel_kind` gives them now: ``(name, listed kind, kind now)`` in short names."""
+    return [(name, SHORT_KINDS[listed], SHORT_KINDS[kernel_kind(name)])
+            for listed, names in row["top_kernels"].items() for name in names
+            if kernel_kind(name) != listed]  # fmt: skip
+
+
+def parts_by_model(path) -> dict[str, dict[str, dict]]:
+    """The rows of a ``--parts breakdown loop`` JSON (``book/benchmarks/h200_sampling_parts.json``)
+    by model and mode: ``{"5b": {"breakdown": row, "50 steps lossless": row, ...}, ...}``."""
+    by_model: dict[str, dict[str, dict]] = {}
+    for row in json.loads(Path(path).read_text())["rows"]:
+        by_model.setdefault(row["model"], {})[row["mode"]] = row
+    return by_model
 
 
 def _self_time_us(event, cuda: bool) -> float:
