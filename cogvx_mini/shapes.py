@@ -43,6 +43,13 @@ def pixel_frames(latent_frames: int, temporal_compression: int = 4) -> int:
     return (latent_frames - 1) * temporal_compression + 1
 
 
+def temporal_patch_padding(latent_frames: int, temporal_patch_size: int) -> int:
+    """How many latent frames diffusers' CogVideoX pipelines put in front of ``latent_frames``
+    so that the temporal patch divides them (1.5: 81 frames -> 21 latent frames -> 1 more); the
+    sampler drops that many from the front before decoding."""
+    return -latent_frames % temporal_patch_size
+
+
 @dataclass(frozen=True)
 class PipelineShapes:
     """Every tensor shape on the way through CogVideoX for one video size.

@@ -38,6 +38,8 @@ Rope = tuple[torch.Tensor, torch.Tensor] | None
 # Timesteps index the training schedule's 1000 steps (``NoiseSchedule.num_train_timesteps``);
 # samplers pass fractional ones too, so any value in [0, 1000) is valid.
 TRAIN_TIMESTEPS = 1000
+# The ``ofs`` value diffusers' CogVideoX 1.5-I2V pipeline passes at every step.
+OFS_INFERENCE = 2.0
 
 
 @dataclass
@@ -48,7 +50,9 @@ class TransformerConfig:
     ``attention`` (``full`` 3D, or ``2d1d``: layers alternate spatial and temporal attention),
     ``adaln`` (``expert``, ``none`` = one shared modulation, ``mmdit`` = separate weights per
     modality). ``learned_positions``: an extra stored embedding over ``[text; video]`` for the
-    ``base_latent_frames`` x ``rope_base_grid`` grid only (CogVideoX-5B-I2V).
+    ``base_latent_frames`` x ``rope_base_grid`` grid only (CogVideoX-5B-I2V). ``ofs_embed_dim``:
+    a second scalar condition, ``ofs``, embedded like the timestep and added to it (CogVideoX
+    1.5-I2V; the released pipelines always pass :data:`OFS_INFERENCE`).
 
     The model only: run-time choices (checkpointing, compile, attention kernel) are applied to a
     built model by :mod:`cogvx_mini.parallel.runtime`.
@@ -72,6 +76,7 @@ class TransformerConfig:
     rope_base_grid: tuple[int, int] = (30, 45)
     rope_theta: float = 10000.0
     learned_positions: bool = False
+    ofs_embed_dim: int | None = None
     base_latent_frames: int = 13
     attention: str = "full"
     adaln: str = "expert"
@@ -93,6 +98,11 @@ class TransformerConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"expected {name} in {allowed}, got {getattr(self, name)!r}")
+        if self.ofs_embed_dim not in (None, self.time_embed_dim):
+            raise ValueError(  # the ofs embedding is added to the timestep's
+                f"expected ofs_embed_dim None or time_embed_dim={self.time_embed_dim}, "
+                f"got {self.ofs_embed_dim}"
+            )
         self.rope_base_grid = tuple(self.rope_base_grid)
 
     @property
@@ -136,6 +146,31 @@ class TransformerConfig:
     def cogvideox_5b(cls, **overrides: Any) -> TransformerConfig:
         """CogVideoX-5B: 42 layers, 48 heads of 64 (3072), 3D-RoPE interpolated to a 30x45 grid."""
         return cls(**{"num_layers": 42, "num_heads": 48, "positions": "rope", **overrides})
+
+    @classmethod
+    def cogvideox_5b_i2v(cls, **overrides: Any) -> TransformerConfig:
+        """CogVideoX-5B-I2V: 5B with 32 input channels (noisy latents and the image's latents
+        concatenated) and a learned ``[text; video]`` embedding for the 13 x 30 x 45 grid."""
+        i2v = {"in_channels": 32, "out_channels": 16, "learned_positions": True}
+        return cls.cogvideox_5b(**{**i2v, **overrides})
+
+    @classmethod
+    def cogvideox1_5_5b(cls, **overrides: Any) -> TransformerConfig:
+        """CogVideoX1.5-5B: 5B's blocks, a temporal patch of 2 (no patch bias in the released
+        file, so a linear patch embedding with bias), RoPE sliced from a 150 x 150 table."""
+        one_five = dict(
+            temporal_patch_size=2,
+            rope_grid="extrapolate",
+            rope_base_grid=(150, 150),
+            base_latent_frames=21,
+        )
+        return cls.cogvideox_5b(**{**one_five, **overrides})
+
+    @classmethod
+    def cogvideox1_5_5b_i2v(cls, **overrides: Any) -> TransformerConfig:
+        """CogVideoX1.5-5B-I2V: 1.5-5B with 32 input channels and the ``ofs`` embedding."""
+        i2v = {"in_channels": 32, "out_channels": 16, "ofs_embed_dim": 512}
+        return cls.cogvideox1_5_5b(**{**i2v, **overrides})
 
     @classmethod
     def from_diffusers_config(cls, config: dict[str, Any], **overrides: Any) -> TransformerConfig:
@@ -270,6 +305,7 @@ class CogVideoXTransformer(nn.Module):
         self.patch_embed = nn.Linear(patch_features, c.dim, bias=c.patch_bias)
         self.text_proj = nn.Linear(c.text_dim, c.dim)
         self.time_embed = TimestepMLP(c.dim, c.time_embed_dim)
+        self.ofs_embed = TimestepMLP(c.ofs_embed_dim, c.ofs_embed_dim) if c.ofs_embed_dim else None
         block_class = MMDiTBlock if c.adaln == "mmdit" else TransformerBlock
         self.blocks = nn.ModuleList(block_class(c, kind) for kind in c.layer_kinds)
         self.norm_final = nn.LayerNorm(c.dim, eps=c.norm_eps, elementwise_affine=c.norm_affine)
@@ -358,10 +394,15 @@ class CogVideoXTransformer(nn.Module):
         return self._tables[key]
 
     def embed(
-        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        text: torch.Tensor,
+        timesteps: torch.Tensor,
+        ofs: float = OFS_INFERENCE,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Rope]:
         """-> ``video [B, N, D]``, ``text [B, L, D]``, ``temb [B, D_t]``, ``rope`` (``None`` or
-        ``(cos, sin)``, each ``[N, head_dim]``)."""
+        ``(cos, sin)``, each ``[N, head_dim]``). ``ofs`` is read only by a model with
+        ``ofs_embed_dim``."""
         self.check_inputs(latents, text, timesteps)
         c = self.config
         dtype = self.patch_embed.weight.dtype
@@ -384,6 +425,10 @@ class CogVideoXTransformer(nn.Module):
             video = video + table[:, c.max_text_len :]
         sinusoid = timestep_embedding(timesteps, c.dim, c.flip_sin_to_cos, c.freq_shift)
         temb = self.time_embed(sinusoid.to(dtype))
+        if self.ofs_embed is not None:
+            ofs_in = torch.full((1,), float(ofs), device=latents.device)
+            ofs_in = timestep_embedding(ofs_in, c.ofs_embed_dim, c.flip_sin_to_cos, c.freq_shift)
+            temb = temb + self.ofs_embed(ofs_in.to(dtype))
         return video, text, temb, rope
 
     def unembed(
@@ -399,10 +444,14 @@ class CogVideoXTransformer(nn.Module):
         return unpatchify(out, grid, c.patch_size, c.temporal_patch_size)
 
     def forward(
-        self, latents: torch.Tensor, text: torch.Tensor, timesteps: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        text: torch.Tensor,
+        timesteps: torch.Tensor,
+        ofs: float = OFS_INFERENCE,
     ) -> torch.Tensor:
         grid = self.grid(latents.shape)
-        video, text, temb, rope = self.embed(latents, text, timesteps)
+        video, text, temb, rope = self.embed(latents, text, timesteps, ofs)
         for block in self.blocks:
             video, text = block(video, text, temb, rope, grid)
         return self.unembed(video, text, temb, grid)

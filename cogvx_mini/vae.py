@@ -46,6 +46,9 @@ class VAEConfig:
     ``block_out_channels`` has one entry per resolution level (spatial compression
     ``2 ** (levels - 1)``); the first ``log2(temporal_compression)`` down-samplings halve time.
     ``scaling_factor`` multiplies latents before the transformer sees them (2B: 1.15258426).
+    ``invert_scale_latents``: an image-to-video model was trained with its image latents
+    *divided* by ``scaling_factor`` (CogVideoX 1.5's VAE config says so); see
+    :attr:`image_latent_scale`.
     """
 
     in_channels: int = 3
@@ -61,6 +64,12 @@ class VAEConfig:
     decode_chunk_latents: int = 2
     tile_sample_size: tuple[int, int] = (240, 360)
     tile_overlap: tuple[float, float] = (1 / 6, 1 / 5)
+    invert_scale_latents: bool = False
+
+    @property
+    def image_latent_scale(self) -> float:
+        """What image-to-video multiplies the first frame's latents by."""
+        return 1 / self.scaling_factor if self.invert_scale_latents else self.scaling_factor
 
     @classmethod
     def cogvideox(cls, scaling_factor: float = 1.15258426) -> VAEConfig:
@@ -383,10 +392,12 @@ class DiagonalGaussian:
         self.std = torch.exp(0.5 * self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(
-            self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype
-        )
-        return self.mean + self.std * noise
+        """``mean + std · ε``, ``ε`` drawn on the generator's device (a CPU generator gives the
+        same draw for latents on any device, as diffusers' ``randn_tensor`` does)."""
+        device = generator.device if generator is not None else self.mean.device
+        dtype = self.mean.dtype
+        noise = torch.randn(self.mean.shape, generator=generator, device=device, dtype=dtype)
+        return self.mean + self.std * noise.to(self.mean.device)
 
     def kl(self) -> torch.Tensor:
         """KL divergence to ``N(0, I)`` summed over all latent values: ``[B]``."""

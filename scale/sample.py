@@ -1,7 +1,15 @@
-"""Text -> video at full size with the released CogVideoX weights and cogvx_mini's own modules.
+"""Text (and image) -> video at full size with the released CogVideoX weights and cogvx_mini's
+own modules.
 
     python scale/sample.py --model /weights/CogVideoX-2b --prompt "a red fox runs through snow" \
         --out fox.mp4 [--steps 50 --guidance 6 --seed 42 --frames 49 --height 480 --width 720]
+    python scale/sample.py --model /weights/CogVideoX-5b-I2V --image fox.png --prompt "..."
+    python scale/sample.py --model /weights/CogVideoX1.5-5B --frames 81 --height 768 --width 1360 \
+        --fps 16 --prompt "..."
+
+Image-to-video folders (5B-I2V, 1.5-I2V: the transformer reads twice the VAE's channels) need
+``--image``; it is resized to ``--height`` x ``--width`` as diffusers resizes it. 5B-I2V's learned
+positions exist for 49 x 480 x 720 only.
 
 ``--model`` is a local folder in the diffusers layout (``transformer/``, ``vae/``,
 ``text_encoder/``, ``tokenizer/``, ``scheduler/``); nothing is downloaded. The components run
@@ -31,8 +39,9 @@ from cogvx_mini.checks import (
 )
 from cogvx_mini.checks import seed as check_seed
 from cogvx_mini.data.text_encoder import T5TextEncoder
-from cogvx_mini.data.video_io import save_video
+from cogvx_mini.data.video_io import read_image, save_video
 from cogvx_mini.diffusion import cfg_predictor, ddim_sample
+from cogvx_mini.image_to_video import ImageConditioned, encode_image, image_condition
 from cogvx_mini.inference.memory import QUANTIZE_MODES, quantize_weights, stream_blocks
 from cogvx_mini.inference.step_cache import FAST_CACHE_THRESHOLD, StepCache
 from cogvx_mini.parallel.runtime import apply_compile
@@ -43,8 +52,9 @@ from cogvx_mini.parallel.sampling import (
     init_sampling,
     parallelize_for_sampling,
 )
-from cogvx_mini.shapes import check_frame_count
+from cogvx_mini.shapes import check_frame_count, pixel_frames, temporal_patch_padding
 from cogvx_mini.training.lora import load_lora_diffusers, lora_file, unload_lora
+from cogvx_mini.transformer import TransformerConfig
 from cogvx_mini.vae import VAEConfig
 from cogvx_mini.weights import (
     schedule_from_diffusers,
@@ -52,7 +62,11 @@ from cogvx_mini.weights import (
     vae_from_diffusers,
 )
 from cogvx_mini.weights.checkpoint import save_tensors_atomic
-from cogvx_mini.weights.diffusers import read_config, vae_config_from_diffusers
+from cogvx_mini.weights.diffusers import (
+    read_config,
+    transformer_config_from_diffusers,
+    vae_config_from_diffusers,
+)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # What each component folder of a diffusers CogVideoX folder must hold (any one of the files).
@@ -73,10 +87,13 @@ class ModelFolder:
 
     path: Path
     vae: VAEConfig
-    patch_size: int
-    latent_channels: int
+    transformer: TransformerConfig
     num_train_timesteps: int
-    num_heads: int
+
+    @property
+    def image_to_video(self) -> bool:
+        """The transformer reads the image's latents beside the noisy ones (5B-I2V, 1.5-I2V)."""
+        return self.transformer.in_channels == 2 * self.vae.latent_channels
 
 
 def check_model_folder(model: str | Path) -> ModelFolder:
@@ -91,15 +108,12 @@ def check_model_folder(model: str | Path) -> ModelFolder:
                 f"--model: expected {path / component}/ with {' or '.join(files)} (a CogVideoX "
                 f"folder in the diffusers layout: {', '.join(COMPONENT_FILES)}), got none"
             )
-    transformer = read_config(path / "transformer")
     scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     return ModelFolder(
         path,
         vae_config_from_diffusers(read_config(path / "vae")),
-        int(transformer.get("patch_size", 2)),
-        int(transformer.get("in_channels", 16)),
+        transformer_config_from_diffusers(read_config(path / "transformer")),
         int(scheduler.get("num_train_timesteps", 1000)),
-        int(transformer.get("num_attention_heads", 30)),
     )
 
 
@@ -114,14 +128,55 @@ def check_sample_args(folder: ModelFolder, prompts, negative_prompt, steps, guid
     check_seed("seed", seed)
     positive_int("frames", frames)
     check_frame_count(frames, folder.vae.temporal_compression)
-    multiple = folder.vae.spatial_compression * folder.patch_size
+    multiple = folder.vae.spatial_compression * folder.transformer.patch_size
     for name, size in (("height", height), ("width", width)):
         if positive_int(name, size) % multiple:
             raise ValueError(
                 f"{name}: expected a multiple of {multiple} (VAE {folder.vae.spatial_compression}"
-                f" x patch {folder.patch_size}), got {size}"
+                f" x patch {folder.transformer.patch_size}), got {size}"
             )
+    if folder.transformer.learned_positions:
+        _check_learned_grid(folder, frames, height, width)
     return prompts
+
+
+def _check_learned_grid(folder: ModelFolder, frames: int, height: int, width: int) -> None:
+    """A model with learned positions (5B-I2V) has them for its training size only."""
+    c, vae = folder.transformer, folder.vae
+    pixels = c.patch_size * vae.spatial_compression
+    size = (pixel_frames(c.base_latent_frames, vae.temporal_compression),
+            c.rope_base_grid[0] * pixels, c.rope_base_grid[1] * pixels)  # fmt: skip
+    if (frames, height, width) != size:
+        raise ValueError(
+            "frames, height, width: this model's learned positions exist for {} x {} x {} only, "
+            "got {} x {} x {}".format(*size, frames, height, width)
+        )
+
+
+def check_image(folder: ModelFolder, image, batch: int, height: int, width: int):
+    """``image`` (a path, or ``[1 or B, 3, height, width]`` in [-1, 1]) against the model: an
+    image-to-video model needs one, a text-to-video model takes none. Returns ``[B, 3, H, W]``
+    (float32) or ``None``; a path is read and resized here (before T5 loads)."""
+    c, latent = folder.transformer, folder.vae.latent_channels
+    if image is None:
+        if folder.image_to_video:
+            raise ValueError(
+                f"image: this model is image-to-video ({c.in_channels} input channels = 2 x "
+                f"{latent} latent channels); pass --image"
+            )
+        return None
+    if not folder.image_to_video:
+        raise ValueError(
+            f"image: the model's transformer reads {c.in_channels} channels (text to video); "
+            f"image to video needs {2 * latent}"
+        )
+    if isinstance(image, (str, Path)):
+        image = read_image(image, height, width)[None]
+    if image.ndim != 4 or image.shape[0] not in (1, batch) or image.shape[1:] != (3, height, width):
+        raise ValueError(
+            f"image: expected [1 or {batch}, 3, {height}, {width}], got {tuple(image.shape)}"
+        )
+    return image.float().expand(batch, -1, -1, -1)
 
 
 def _free(device: torch.device) -> None:
@@ -131,16 +186,38 @@ def _free(device: torch.device) -> None:
 
 
 def initial_noise(
-    latent_shape: tuple[int, ...], seed: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
+    latent_shape: tuple[int, ...], generator: torch.Generator, device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
     """Pure noise of ``latent_shape`` ``[B, C, T', h, w]`` (``VAEConfig.latent_shape``), drawn
-    exactly as diffusers' CogVideoX pipeline draws it for the same seed (in its
-    ``[B, T', C, h, w]`` order, on the CPU generator, then moved), so the two can be compared
-    sample for sample."""
+    exactly as diffusers' CogVideoX pipelines draw it (in their ``[B, T', C, h, w]`` order, from
+    the CPU ``generator`` seeded with the sampler's seed, after any image latent), so the two can
+    be compared sample for sample."""
     b, c, t, h, w = latent_shape
-    generator = torch.Generator("cpu").manual_seed(seed)
     noise = torch.randn((b, t, c, h, w), generator=generator, dtype=dtype)
     return noise.to(device).permute(0, 2, 1, 3, 4)
+
+
+def sampling_latent_shape(folder: ModelFolder, batch: int, frames: int, height: int,
+                          width: int) -> tuple[tuple[int, ...], int]:  # fmt: skip
+    """``([B, C_lat, T' + pad, h, w], pad)``: the latents the loop runs on, with ``pad`` frames
+    in front so that the temporal patch (1.5) divides them; they are dropped before decoding."""
+    b, c, t, h, w = folder.vae.latent_shape((batch, 3, frames, height, width))
+    pad = temporal_patch_padding(t, folder.transformer.temporal_patch_size)
+    return (b, c, t + pad, h, w), pad
+
+
+def encode_condition(model: str | Path, image: torch.Tensor, generator: torch.Generator,
+                     latent_frames: int, dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:  # fmt: skip
+    """The conditioning video ``[B, C_lat, latent_frames, h, w]`` of ``image`` ``[B, 3, H, W]``:
+    its posterior sample (drawn from ``generator``) scaled and zero-padded, as
+    ``CogVideoXImageToVideoPipeline`` makes it."""
+    vae = vae_from_diffusers(model, dtype=dtype, device=device)
+    first = encode_image(vae, image.to(device), generator, vae.config.image_latent_scale)
+    del vae
+    _free(device)
+    return image_condition(first, latent_frames)
 
 
 @dataclass(frozen=True)
@@ -175,7 +252,7 @@ class SampleRuntime:
         finite_float("lora_scale", self.lora_scale)
         if self.lora is not None:
             lora_file(self.lora)  # a missing or pickled file fails before anything loads
-        self.layout.check(folder.num_heads, guidance)
+        self.layout.check(folder.transformer.num_heads, guidance)
         if self.cache_threshold > 0 and self.layout.ulysses > 1:
             raise ValueError("cache_threshold: step caching does not combine with ulysses > 1")
         if self.offload == "sequential" and (self.compile or self.quantize):
@@ -230,20 +307,24 @@ def denoise(
     steps: int,
     guidance: float,
     dynamic_cfg: bool,
-    seed: int,
-    latent_shape: tuple[int, ...],
+    noise: torch.Tensor,
     dtype: torch.dtype,
     ranks: SamplingRanks,
     runtime: SampleRuntime = SampleRuntime(),
     progress: bool = True,
+    condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """DDIM with CFG from the transformer of ``model``: latents of ``latent_shape``
-    ``[B, C, T', h, w]``.
+    """DDIM with CFG from the transformer of ``model``, starting at ``noise`` ``[B, C, T', h, w]``:
+    latents of that shape.
 
     ``text`` and ``negative`` are T5 embeddings ``[B, L, 4096]``; no negative, no guidance.
+    ``condition`` (image to video): the conditioning video ``[B, C, T', h, w]`` read beside the
+    latents (:class:`~cogvx_mini.image_to_video.ImageConditioned`).
     """
     transformer = build_denoiser(model, runtime, ranks, dtype)
-    noise = initial_noise(latent_shape, seed, ranks.device, dtype)
+    cached = transformer
+    if condition is not None:
+        transformer = ImageConditioned(transformer, condition.to(ranks.device, dtype))
     model_fn, uncond_fn = predictor(transformer, text, negative, runtime, ranks)
     latents = ddim_sample(
         model_fn,
@@ -255,8 +336,8 @@ def denoise(
         dynamic_cfg=dynamic_cfg,
         progress=progress and ranks.rank == 0,
     )
-    if isinstance(transformer, StepCache):
-        skipped = sum(transformer.skipped)
+    if isinstance(cached, StepCache):
+        skipped = sum(cached.skipped)
         print(f"step cache: skipped the later blocks on {skipped} of {steps} steps")
     if not torch.isfinite(latents).all():  # one scan of the result, before the VAE decodes it
         raise RuntimeError(f"sampling produced non-finite latents (NaN or inf) in {dtype}")
@@ -297,27 +378,34 @@ def sample(
     progress: bool = True,
     runtime: SampleRuntime = SampleRuntime(),
     return_latents: bool = False,
+    image: str | Path | torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor | None, torch.Tensor]:
     """Generate videos ``[B, 3, frames, height, width]`` in [-1, 1] (float32, on the CPU); with
     ``return_latents`` also the final latents ``[B, C, T', h, w]`` (float32, CPU). Under a
     parallel ``runtime.layout`` every rank samples; rank 0 alone decodes (the others return
-    ``None`` for the videos).
+    ``None`` for the videos). ``image`` (an image-to-video model only): the first frame, a path
+    or ``[1 or B, 3, height, width]`` in [-1, 1] (:func:`check_image`).
 
     Every argument and the model folder are checked before T5 loads."""
     folder = check_model_folder(model)
     prompts = check_sample_args(folder, prompts, negative_prompt, steps, guidance, seed, frames,
                                 height, width)  # fmt: skip
+    image = check_image(folder, image, len(prompts), height, width)
     runtime.check(folder, guidance)
     ranks = init_sampling(runtime.layout, torch.device(device))
     device = ranks.device
-    shape = folder.vae.latent_shape((len(prompts), 3, frames, height, width))
-    shape = (shape[0], folder.latent_channels, *shape[2:])  # the transformer's channels
+    shape, pad = sampling_latent_shape(folder, len(prompts), frames, height, width)
     placement = "cpu" if offload_text_encoder else "device"
     placement = "sequential" if runtime.offload == "sequential" else placement
     text, negative = encode_prompts(model, prompts, negative_prompt, guidance, dtype, device,
                                     placement)  # fmt: skip
-    latents = denoise(model, text, negative, steps, guidance, dynamic_cfg, seed, shape, dtype,
-                      ranks, runtime, progress)  # fmt: skip
+    generator = torch.Generator("cpu").manual_seed(seed)  # the image's sample, then the noise
+    condition = None
+    if image is not None:
+        condition = encode_condition(model, image, generator, shape[2], dtype, device)
+    noise = initial_noise(shape, generator, device, dtype)
+    latents = denoise(model, text, negative, steps, guidance, dynamic_cfg, noise, dtype, ranks,
+                      runtime, progress, condition)[:, :, pad:]  # fmt: skip
     _free(device)
     video = decode(model, latents, height, width, dtype, device, tiled) if ranks.rank == 0 else None
     return (video, latents.float().cpu()) if return_latents else video
@@ -358,6 +446,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="local CogVideoX folder, diffusers layout")
     p.add_argument("--prompt", action="append", required=True, help="repeat for a batch")
     p.add_argument("--negative-prompt", default="")
+    p.add_argument("--image", default=None, metavar="PATH",
+                   help="first frame of an image-to-video model (resized)")  # fmt: skip
     p.add_argument("--out", default="outputs/sample.mp4", help="MP4 or GIF; _i added for a batch")
     p.add_argument("--steps", type=cli_type(positive_int), default=50)
     p.add_argument("--guidance", type=cli_type(finite_float, float, low=0.0), default=6.0)
@@ -380,6 +470,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         folder = check_model_folder(args.model)
         check_sample_args(folder, args.prompt, args.negative_prompt, args.steps, args.guidance,
                           args.seed, args.frames, args.height, args.width)  # fmt: skip
+        if args.image is not None and not Path(args.image).is_file():
+            raise FileNotFoundError(f"--image: expected an image file, got {args.image}")
+        check_image(folder, args.image, len(args.prompt), args.height, args.width)
         args.runtime = _runtime(args)
         args.runtime.check(folder, args.guidance)
     except (TypeError, ValueError, FileNotFoundError) as err:
@@ -451,6 +544,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         tiled=not args.no_tiling,
         runtime=args.runtime,
         return_latents=True,
+        image=args.image,
     )
     if videos is None:  # not rank 0 of a parallel run
         return []

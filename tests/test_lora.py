@@ -284,7 +284,7 @@ def test_sample_with_lora_matches_diffusers_pipeline(tmp_path):
 
     from scale.sample import SampleRuntime, main, sample
 
-    pipe = _tiny_pipeline(like_5b=True)
+    pipe = _tiny_pipeline("5b")
     pipe.save_pretrained(tmp_path / "model")
     pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"]))
     with torch.no_grad():

@@ -10,9 +10,11 @@ transformers = pytest.importorskip("transformers")
 from diffusers import (  # noqa: E402
     AutoencoderKLCogVideoX,
     CogVideoXDDIMScheduler,
+    CogVideoXImageToVideoPipeline,
     CogVideoXPipeline,
     CogVideoXTransformer3DModel,
 )
+from PIL import Image  # noqa: E402
 from tiny_models import tiny_t5  # noqa: E402
 
 from cogvx_mini.diffusion import NoiseSchedule  # noqa: E402
@@ -21,7 +23,30 @@ from scale.sample import main, sample  # noqa: E402
 PROMPT = "a small red circle moves left"
 
 
-def _tiny_pipeline(like_5b: bool) -> CogVideoXPipeline:
+# What each released variant changes in the transformer's config (1.5: temporal patch 2, RoPE
+# sliced from its table; I2V: twice the VAE's channels in; 5B-I2V: learned positions; 1.5-I2V: ofs).
+VARIANTS = {
+    "2b": {},
+    "5b": {"use_rotary_positional_embeddings": True},
+    "1.5": {"use_rotary_positional_embeddings": True, "patch_size_t": 2, "patch_bias": False},
+    "5b-i2v": {
+        "use_rotary_positional_embeddings": True,
+        "use_learned_positional_embeddings": True,
+        "in_channels": 32,
+        "out_channels": 16,
+    },
+    "1.5-i2v": {
+        "use_rotary_positional_embeddings": True,
+        "patch_size_t": 2,
+        "patch_bias": False,
+        "in_channels": 32,
+        "out_channels": 16,
+        "ofs_embed_dim": 16,
+    },
+}
+
+
+def _tiny_pipeline(variant: str, vae_config: dict | None = None):
     tokenizer, t5 = tiny_t5(num_layers=1)
     transformer = CogVideoXTransformer3DModel(
         num_attention_heads=2,
@@ -32,18 +57,30 @@ def _tiny_pipeline(like_5b: bool) -> CogVideoXPipeline:
         sample_height=4,
         sample_width=6,
         sample_frames=9,
-        use_rotary_positional_embeddings=like_5b,
+        **VARIANTS[variant],
     )
+    if "learned" in str(VARIANTS[variant]):  # a "trained" table, so that a lost one shows
+        with torch.no_grad():
+            transformer.patch_embed.pos_embedding.normal_(std=0.5)
     vae = AutoencoderKLCogVideoX(
-        block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4
-    )
+        block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4,
+        **(vae_config or {}),
+    )  # fmt: skip
     scheduler = CogVideoXDDIMScheduler(**NoiseSchedule.cogvideox_2b().to_diffusers_config())
-    return CogVideoXPipeline(tokenizer, t5, vae, transformer, scheduler)
+    kind = CogVideoXImageToVideoPipeline if "i2v" in variant else CogVideoXPipeline
+    return kind(tokenizer, t5, vae, transformer, scheduler)
 
 
-@pytest.mark.parametrize("like_5b,dynamic_cfg", [(False, False), (True, True)])
-def test_same_video_as_diffusers_pipeline(tmp_path, like_5b, dynamic_cfg):
-    _tiny_pipeline(like_5b).save_pretrained(tmp_path)
+def _ours(folder, dynamic_cfg=False, image=None, frames=9):
+    video = sample(folder, [PROMPT], steps=4, guidance=6.0, dynamic_cfg=dynamic_cfg, seed=3,
+                   frames=frames, height=32, width=48, dtype=torch.float32, device="cpu",
+                   tiled=False, progress=False, image=image)  # fmt: skip
+    return (video / 2 + 0.5).transpose(1, 2)  # as diffusers' frames: [B, T, C, H, W] in [0, 1]
+
+
+@pytest.mark.parametrize("variant,dynamic_cfg", [("2b", False), ("5b", True), ("1.5", False)])
+def test_same_video_as_diffusers_pipeline(tmp_path, variant, dynamic_cfg):
+    _tiny_pipeline(variant).save_pretrained(tmp_path)
     pipe = CogVideoXPipeline.from_pretrained(tmp_path)  # as users load it: eval mode, no dropout
     kwargs = dict(num_frames=9, height=32, width=48, num_inference_steps=4, guidance_scale=6.0)
     ref = pipe(
@@ -53,29 +90,54 @@ def test_same_video_as_diffusers_pipeline(tmp_path, like_5b, dynamic_cfg):
         generator=torch.Generator().manual_seed(3),
         output_type="pt",
     ).frames  # [B, T, C, H, W] in [0, 1]
-    ours = sample(
-        tmp_path,
-        [PROMPT],
-        steps=4,
-        guidance=6.0,
-        dynamic_cfg=dynamic_cfg,
-        seed=3,
-        frames=9,
-        height=32,
-        width=48,
-        dtype=torch.float32,
-        device="cpu",
-        tiled=False,
-        progress=False,
-    )
-    ours = (ours / 2 + 0.5).transpose(1, 2)
-    assert ours.shape == ref.shape == (1, 9, 3, 32, 48)
+    ours = _ours(tmp_path, dynamic_cfg)
+    assert ours.shape == ref.shape == (1, 9, 3, 32, 48)  # 1.5: 3 latent frames padded to 4
     assert ref.std() > 0.01  # a real picture, not a constant
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("variant,invert", [("5b-i2v", False), ("1.5-i2v", True)])
+def test_same_video_as_diffusers_image_to_video(tmp_path, variant, invert):
+    """The image resized, encoded, sampled from its posterior, scaled (divided under 1.5's
+    invert_scale_latents) and read beside the noise at every step, as diffusers does."""
+    vae = {"scaling_factor": 0.7, "invert_scale_latents": invert}
+    _tiny_pipeline(variant, vae).save_pretrained(tmp_path / "model")
+    pipe = CogVideoXImageToVideoPipeline.from_pretrained(tmp_path / "model")
+    g = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(30, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(tmp_path / "first.png")  # not 32 x 48: both resize it
+    image = Image.open(tmp_path / "first.png")
+    ref = pipe(
+        image, PROMPT, num_frames=9, height=32, width=48, num_inference_steps=4,
+        guidance_scale=6.0, generator=torch.Generator().manual_seed(3), output_type="pt",
+    ).frames  # fmt: skip
+    ours = _ours(tmp_path / "model", image=tmp_path / "first.png")
+    assert ours.shape == ref.shape == (1, 9, 3, 32, 48)
+    assert ref.std() > 0.01
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    other = _ours(tmp_path / "model", image=torch.zeros(1, 3, 32, 48))
+    assert (other - ours).abs().max() > 1e-3  # the image reaches the transformer
+
+
+def test_image_arguments_are_checked_before_loading(tmp_path, capsys):
+    _tiny_pipeline("5b-i2v").save_pretrained(tmp_path / "i2v")
+    _tiny_pipeline("5b").save_pretrained(tmp_path / "t2v")
+    with pytest.raises(ValueError, match="image-to-video .*pass --image"):
+        _ours(tmp_path / "i2v")
+    with pytest.raises(ValueError, match="reads 16 channels"):
+        _ours(tmp_path / "t2v", image=torch.zeros(1, 3, 32, 48))
+    with pytest.raises(ValueError, match=r"expected \[1 or 1, 3, 32, 48\]"):
+        _ours(tmp_path / "i2v", image=torch.zeros(1, 3, 16, 48))
+    with pytest.raises(ValueError, match="learned positions exist for 9 x 32 x 48 only"):
+        _ours(tmp_path / "i2v", image=torch.zeros(1, 3, 32, 48), frames=5)
+    base = ["--model", str(tmp_path / "i2v"), "--prompt", PROMPT, "--height", "32"]
+    with pytest.raises(SystemExit):
+        main([*base, "--width", "48", "--frames", "9", "--image", str(tmp_path / "none.png")])
+    assert "--image: expected an image file" in capsys.readouterr().err
+
+
 def test_cli_writes_a_video(tmp_path, capsys):
-    pipe = _tiny_pipeline(like_5b=True)
+    pipe = _tiny_pipeline("5b")
     pipe.save_pretrained(tmp_path / "model")
     out = tmp_path / "v.gif"
     paths = main(

@@ -32,6 +32,14 @@ LIKE = {
     "5b": {"use_rotary_positional_embeddings": True},
     "1.5": {"use_rotary_positional_embeddings": True, "patch_size_t": 2, "patch_bias": False},
     "2b without patch bias": {"patch_bias": False},
+    # 1.5-I2V: the image latents on channels and the ofs condition added to the timestep's
+    "1.5-i2v": {
+        "use_rotary_positional_embeddings": True,
+        "patch_size_t": 2,
+        "patch_bias": False,
+        "in_channels": 8,
+        "ofs_embed_dim": SMALL["time_embed_dim"],
+    },
 }
 
 
@@ -55,7 +63,7 @@ def _diffusers_rope(model, frames, height, width):
 
 def _pair(like, seed=0):
     torch.manual_seed(seed)
-    theirs = CogVideoXTransformer3DModel(**SMALL, **LIKE[like]).eval()
+    theirs = CogVideoXTransformer3DModel(**{**SMALL, **LIKE[like]}).eval()
     config = transformer_config_from_diffusers(dict(theirs.config))
     ours = CogVideoXTransformer(config).eval()
     ours.load_state_dict(transformer_state_dict_from_diffusers(theirs.state_dict(), config))
@@ -67,9 +75,10 @@ def test_same_output_as_diffusers(like):
     theirs, ours = _pair(like)
     # odd latent frame count (even for the temporal patch), non-square and not the training
     # grid: 4 x 12 latents -> 2 x 6 tokens, centred with an offset in the 4 x 6 RoPE base grid
-    frames = 4 if like == "1.5" else 3
+    c = theirs.config
+    frames = 4 if c.patch_size_t else 3
     g = torch.Generator().manual_seed(1)
-    latents = torch.randn(2, 4, frames, 4, 12, generator=g)
+    latents = torch.randn(2, c.in_channels, frames, 4, 12, generator=g)
     text = torch.randn(2, 7, 20, generator=g)  # diffusers' sincos path needs the full length
     steps = torch.tensor([3.0, 901.0])
     rope = (
@@ -77,13 +86,16 @@ def test_same_output_as_diffusers(like):
         if theirs.config.use_rotary_positional_embeddings
         else None
     )
+    ofs = 3.0  # not the pipelines' 2.0, so that a model ignoring the argument fails
+    kwargs = {"ofs": torch.full((1,), ofs)} if c.ofs_embed_dim else {}
     with torch.no_grad():
         ref = theirs(
-            latents.transpose(1, 2), text, steps, image_rotary_emb=rope, return_dict=False
-        )[0]
-        out = ours(latents, text, steps)
+            latents.transpose(1, 2), text, steps, image_rotary_emb=rope, return_dict=False,
+            **kwargs,
+        )[0]  # fmt: skip
+        out = ours(latents, text, steps, ofs=ofs)
     ref = ref.transpose(1, 2)
-    assert out.shape == ref.shape == latents.shape
+    assert out.shape == ref.shape == (2, c.out_channels, *latents.shape[2:])
     assert ((out - ref).norm() / ref.norm()).item() <= 1e-5
     assert ref.abs().mean() > 0.1  # random weights: a real signal, not zeros
 
@@ -107,6 +119,15 @@ def test_released_configs_convert_to_ours():
     five_b = {**defaults, "num_attention_heads": 48, "num_layers": 42}
     five_b["use_rotary_positional_embeddings"] = True
     assert transformer_config_from_diffusers(five_b) == TransformerConfig.cogvideox_5b()
+    i2v = {**five_b, "in_channels": 32, "out_channels": 16}
+    i2v["use_learned_positional_embeddings"] = True
+    assert transformer_config_from_diffusers(i2v) == TransformerConfig.cogvideox_5b_i2v()
+    # CogVideoX1.5-5B's and 1.5-5B-I2V's transformer/config.json (the keys they change)
+    one_five = {**five_b, "patch_size_t": 2, "patch_bias": False, "sample_frames": 81}
+    one_five |= {"sample_height": 300, "sample_width": 300}
+    assert transformer_config_from_diffusers(one_five) == TransformerConfig.cogvideox1_5_5b()
+    one_five |= {"in_channels": 32, "out_channels": 16, "ofs_embed_dim": 512}
+    assert transformer_config_from_diffusers(one_five) == TransformerConfig.cogvideox1_5_5b_i2v()
 
 
 def test_key_mismatch_lists_the_keys():
@@ -121,8 +142,8 @@ def test_key_mismatch_lists_the_keys():
         transformer_state_dict_from_diffusers(state, config)
     with pytest.raises(ValueError, match="learned positions exist only with RoPE"):
         transformer_config_from_diffusers({"use_learned_positional_embeddings": True})
-    with pytest.raises(ValueError, match="ofs_embed_dim"):
-        transformer_config_from_diffusers({"ofs_embed_dim": 512})
+    with pytest.raises(ValueError, match="ofs_embed_dim None or time_embed_dim=512"):
+        transformer_config_from_diffusers({"ofs_embed_dim": 256})
 
 
 def test_image_to_video_variant_with_learned_positions():
@@ -153,7 +174,15 @@ def test_image_to_video_variant_with_learned_positions():
 
 
 @pytest.mark.parametrize(
-    "make", [TransformerConfig.mini, TransformerConfig.cogvideox_2b, TransformerConfig.cogvideox_5b]
+    "make",
+    [
+        TransformerConfig.mini,
+        TransformerConfig.cogvideox_2b,
+        TransformerConfig.cogvideox_5b,
+        TransformerConfig.cogvideox_5b_i2v,
+        TransformerConfig.cogvideox1_5_5b,
+        TransformerConfig.cogvideox1_5_5b_i2v,
+    ],
 )
 def test_config_round_trips_through_diffusers(make):
     config = make()

@@ -66,6 +66,19 @@ def film_strip(video: torch.Tensor, max_frames: int = 9) -> np.ndarray:
     return rearrange(frames[idx], "n h w c -> h (n w) c")
 
 
+def read_image(path: str | Path, height: int, width: int) -> torch.Tensor:
+    """An image file as ``[3, height, width]`` float32 in [-1, 1], converted to RGB and resized
+    with Lanczos when its size differs (what diffusers' ``VideoProcessor.preprocess`` does)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+        pixels = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(pixels).permute(2, 0, 1) * 2 - 1
+
+
 def read_video(path: str | Path) -> torch.Tensor:
     """Read a GIF/MP4 (anything imageio reads) as ``[3, T, H, W]`` float32 in [-1, 1].
 

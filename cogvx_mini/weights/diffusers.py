@@ -68,7 +68,6 @@ TRANSFORMER_DEFAULTS: dict[str, Any] = {
 def _check_transformer_features(c: dict[str, Any]) -> None:
     """Raise ``ValueError`` for diffusers features this implementation does not have."""
     unsupported = {
-        "ofs_embed_dim": bool(c["ofs_embed_dim"]),
         "dropout": bool(c["dropout"]),
         "activation_fn": c["activation_fn"] != "gelu-approximate",
         "timestep_activation_fn": c["timestep_activation_fn"] != "silu",
@@ -95,6 +94,7 @@ _SAME_FIELDS = {
     "spatial_interpolation_scale": "spatial_interpolation_scale",
     "temporal_interpolation_scale": "temporal_interpolation_scale",
     "learned_positions": "use_learned_positional_embeddings",
+    "ofs_embed_dim": "ofs_embed_dim",
     "attention_bias": "attention_bias",
     "norm_eps": "norm_eps",
     "norm_affine": "norm_elementwise_affine",
@@ -109,8 +109,8 @@ def transformer_config_from_diffusers(
     """The :class:`TransformerConfig` of a diffusers ``CogVideoXTransformer3DModel`` (its
     ``config.json`` as a dict); ``overrides`` replace fields of the result.
 
-    Raises ``ValueError`` for features this implementation does not have (the ``ofs``
-    embedding of 1.5-I2V, dropout, other activations).
+    Raises ``ValueError`` for features this implementation does not have (dropout, other
+    activations).
     """
     c = {**TRANSFORMER_DEFAULTS, **{k: v for k, v in config.items() if not k.startswith("_")}}
     _check_transformer_features(c)
@@ -182,6 +182,9 @@ def _transformer_key_map(config: TransformerConfig) -> dict[str, list[str]]:
     both("text_proj", "patch_embed.text_proj")
     both("time_embed.linear_1", "time_embedding.linear_1")
     both("time_embed.linear_2", "time_embedding.linear_2")
+    if config.ofs_embed_dim:
+        both("ofs_embed.linear_1", "ofs_embedding.linear_1")
+        both("ofs_embed.linear_2", "ofs_embedding.linear_2")
     affine = config.norm_affine
     for i in range(config.num_layers):
         ours, theirs = f"blocks.{i}", f"transformer_blocks.{i}"
@@ -253,6 +256,7 @@ def vae_config_from_diffusers(config: dict[str, Any]) -> VAEConfig:
         temporal_compression=int(config.get("temporal_compression_ratio", 4)),
         scaling_factor=config.get("scaling_factor", 1.15258426),
         tile_sample_size=(h // 2, w // 2),
+        invert_scale_latents=bool(config.get("invert_scale_latents", False)),
     )
 
 
