@@ -148,3 +148,12 @@ def test_cli_writes_a_video(tmp_path, capsys):
     with pytest.raises(SystemExit):  # an argparse error, before anything loads
         main(["--model", str(tmp_path / "model"), "--prompt", PROMPT, "--frames", "8"])
     assert re.search("4k\\+1|frames", capsys.readouterr().err)
+
+
+def test_end_to_end_benchmark_smoke(tmp_path):
+    from cogvx_mini.bench.end_to_end import main as bench
+
+    out = ["--workdir", str(tmp_path / "model"), "--out", str(tmp_path / "e2e.json")]
+    rows = bench(["--device", "cpu", "--variant", "tiny", "--steps", "2", *out])
+    assert [r["mode"] for r in rows][0] == "diffusers CogVideoXPipeline" and len(rows) == 3
+    assert all(r["seconds"] > 0 for r in rows) and rows[2]["mean_abs_diff_vs_diffusers"] < 0.2

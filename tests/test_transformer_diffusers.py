@@ -24,6 +24,8 @@ from diffusers.pipelines.cogvideo.pipeline_cogvideox import (  # noqa: E402
 )
 from tiny_models import SMALL_TRANSFORMER  # noqa: E402
 
+from cogvx_mini.bench.transformer import _diffusers_rope  # noqa: E402
+
 # Small configs shaped like the released models: 2B (sincos positions), 5B (3D-RoPE), 1.5
 # (temporal patch 2, RoPE sliced from a larger table). The training grid is 8 x 12 latents.
 SMALL = SMALL_TRANSFORMER
@@ -41,24 +43,6 @@ LIKE = {
         "ofs_embed_dim": SMALL["time_embed_dim"],
     },
 }
-
-
-def _diffusers_rope(model, frames, height, width):
-    """Rotary tables as diffusers' CogVideoX pipelines compute them."""
-    c = model.config
-    p, grid_h, grid_w = c.patch_size, height // c.patch_size, width // c.patch_size
-    base_h, base_w = c.sample_height // p, c.sample_width // p
-    if c.patch_size_t is None:
-        crops = get_resize_crop_region_for_grid((grid_h, grid_w), base_w, base_h)
-        return get_3d_rotary_pos_embed(c.attention_head_dim, crops, (grid_h, grid_w), frames)
-    return get_3d_rotary_pos_embed(
-        c.attention_head_dim,
-        None,
-        (grid_h, grid_w),
-        frames // c.patch_size_t,
-        grid_type="slice",
-        max_size=(base_h, base_w),
-    )
 
 
 def _pair(like, seed=0):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 # A diffusers CogVideoXTransformer3DModel shaped like the released ones, small enough for a CPU.
 # Its training grid is 8 x 12 latents.
@@ -21,25 +20,10 @@ SMALL_TRANSFORMER = dict(
     max_text_seq_length=7,
 )
 
-WORDS = "a small large red green blue circle square triangle moves left right up down while"
-
 
 def tiny_t5(num_layers: int = 2, seed: int = 0):
     """A word-level T5 tokenizer (appends ``</s>``) and a random 16-d T5 encoder."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    pytest.importorskip("transformers")
+    from cogvx_mini.bench.end_to_end import word_t5
 
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {w: i + 3 for i, w in enumerate(WORDS.split())}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", 1)]
-    )
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-    config = transformers.T5Config(
-        vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=num_layers, num_heads=4
-    )
-    torch.manual_seed(seed)
-    return tokenizer, transformers.T5EncoderModel(config)
+    return word_t5(16, num_layers, seed)

@@ -7,6 +7,7 @@ python -m cogvx_mini.bench scale [options]        # see cogvx_mini/bench/scale.p
 python -m cogvx_mini.bench mini [options]         # see cogvx_mini/bench/mini.py (judge scores)
 python -m cogvx_mini.bench sampling [options]     # see cogvx_mini/bench/sampling.py (CFG steps)
 python -m cogvx_mini.bench lora [options]         # see cogvx_mini/bench/lora.py (LoRA vs full)
+python -m cogvx_mini.bench end_to_end [options]   # see cogvx_mini/bench/end_to_end.py (sample.py)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ BENCHMARKS = {
     "mini": "cogvx_mini.bench.mini",
     "sampling": "cogvx_mini.bench.sampling",
     "lora": "cogvx_mini.bench.lora",
+    "end_to_end": "cogvx_mini.bench.end_to_end",
 }
 
 

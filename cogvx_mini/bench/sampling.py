@@ -3,20 +3,21 @@ diffusers' transformer, in one run.
 
     python -m cogvx_mini.bench sampling --device cuda [--models 5b 2b] [--out FILE.json]
     python -m cogvx_mini.bench sampling --device cpu --models mini   # smoke test
+    python -m cogvx_mini.bench sampling --device cuda --models 1.5-5b --backends auto --parts
 
 Random weights made by diffusers and converted (the same function for both), bf16, 49x480x720
-(13x60x90 latents + 226 text tokens), CFG 6 (two predictions per step). A step is timed as the
-median of ``--repeats`` after ``--warmup``, CUDA synchronised; 50 steps = 50 x that (the DDIM
-update itself is a few element-wise ops). Peak memory is allocated memory during the step,
-weights included. Modes: ``diffusers`` (their transformer, the batch-2 forward their pipeline
-runs), ``separate`` (two batch-1 forwards: scale/sample.py before batching), ``batched`` (one
-batch-2 forward), ``compiled <backend>`` (batched, blocks compiled: the lossless default, per SDPA
-backend), ``cached step`` (a step whose later blocks the step cache skips), ``fp8`` / ``int8``
-(torchao, compiled), ``sequential`` (blocks streamed from the CPU). ``--parts`` adds (default:
-all) the memory modes, a profiled ``breakdown`` of a compiled step, measured 50-step ``loop`` runs
-(lossless; fast, with the mini model's skip pattern) and a streamed ``t5`` encoder
-(:mod:`cogvx_mini.bench.sampling_parts`). VAE decoding is timed by ``python -m cogvx_mini.bench
-vae``.
+(13x60x90 latents + 226 text tokens; 1.5-5b: 81x768x1360, 22x96x170), CFG 6 (two predictions
+per step). A step is timed as the median of ``--repeats`` after ``--warmup``, CUDA
+synchronised; 50 steps = 50 x that (the DDIM update itself is a few element-wise ops). Peak
+memory is allocated memory during the step, weights included. Modes: ``diffusers`` (their
+transformer, the batch-2 forward their pipeline runs), ``separate`` (two batch-1 forwards:
+scale/sample.py before batching), ``batched`` (one batch-2 forward), ``compiled <backend>``
+(batched, blocks compiled: the lossless default, per SDPA backend), ``cached step`` (a step whose
+later blocks the step cache skips), ``fp8`` / ``int8`` (torchao, compiled), ``sequential`` (blocks
+streamed from the CPU). ``--parts`` adds (default: all) the memory modes, a profiled
+``breakdown`` of a compiled step, measured 50-step ``loop`` runs (lossless; fast, with the mini
+model's skip pattern) and a streamed ``t5`` encoder (:mod:`cogvx_mini.bench.sampling_parts`).
+VAE decoding is timed by ``python -m cogvx_mini.bench vae``.
 """
 
 from __future__ import annotations
@@ -37,19 +38,26 @@ from cogvx_mini.bench.transformer import CONFIGS, _free, _peak_memory, _sdpa_bac
 from cogvx_mini.inference.memory import quantize_weights, stream_blocks
 from cogvx_mini.inference.step_cache import StepCache
 from cogvx_mini.parallel.runtime import apply_compile, use_attention_backend
-from cogvx_mini.transformer import CogVideoXTransformer, forward_flops
+from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig, forward_flops
 from cogvx_mini.weights.diffusers import transformer_state_dict_from_diffusers
 
 STEPS = 50
 PARTS = ("memory", "breakdown", "loop", "t5")
 
 
+MODELS = {**CONFIGS, "1.5-5b": TransformerConfig.cogvideox1_5_5b}
+# Latent frames, height, width and text tokens of each model's default video: 49x480x720, and
+# 1.5's 81x768x1360 (21 latent frames, padded to 22 for its temporal patch, as its pipeline does).
+SIZES = {"mini": (3, 8, 8, 16), "2b": (13, 60, 90, 226), "5b": (13, 60, 90, 226)}
+SIZES["1.5-5b"] = (22, 96, 170, 226)
+
+
 class Inputs:
     """A CFG step's inputs: latents ``[2, C, T, H, W]`` (the same twice), text ``[2, L, D]``
     (prompt, negative), timesteps ``[2]``."""
 
-    def __init__(self, config, args: argparse.Namespace) -> None:
-        frames, height, width, text_len = (3, 8, 8, 16) if config.dim < 1024 else (13, 60, 90, 226)
+    def __init__(self, name: str, config, args: argparse.Namespace) -> None:
+        frames, height, width, text_len = SIZES[name]
         self.shape = (frames, height, width, text_len)
         g = torch.Generator().manual_seed(0)
         device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -167,8 +175,8 @@ def _memory_rows(config, state, inputs: Inputs, args) -> list[dict]:
 
 
 def bench(name: str, args: argparse.Namespace) -> list[dict]:
-    config = CONFIGS[name]()
-    inputs = Inputs(config, args)
+    config = MODELS[name]()
+    inputs = Inputs(name, config, args)
     frames, height, width, text_len = inputs.shape
     print(f"\n{name}: CFG step on 2x{config.in_channels}x{frames}x{height}x{width} + {text_len} "
           f"text tokens, {inputs.flops / 1e12:.0f} TFLOP, {args.dtype}", flush=True)  # fmt: skip
@@ -187,7 +195,7 @@ def bench(name: str, args: argparse.Namespace) -> list[dict]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--models", nargs="*", choices=list(CONFIGS), default=["5b", "2b"])
+    p.add_argument("--models", nargs="*", choices=list(MODELS), default=["5b", "2b"])
     p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     p.add_argument("--backends", nargs="+", default=["auto", "flash", "cudnn", "efficient"])
     p.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS),

@@ -129,8 +129,10 @@ def _format(row: dict) -> str:
     return " ".join(parts)
 
 
-def _diffusers_rope(model, frames: int, height: int, width: int, device: torch.device):
-    """Rotary tables as diffusers' CogVideoX pipeline computes them (None for sincos models)."""
+def _diffusers_rope(model, frames: int, height: int, width: int, device=None):
+    """Rotary tables as diffusers' CogVideoX pipelines compute them for latents ``frames x
+    height x width`` (None for sincos models): 1.0 squeezes the grid into the training grid's
+    crop, 1.5 (temporal patch) slices a larger table."""
     c = model.config
     if not c.use_rotary_positional_embeddings:
         return None
@@ -138,10 +140,14 @@ def _diffusers_rope(model, frames: int, height: int, width: int, device: torch.d
     from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
 
     p = c.patch_size
-    grid = (height // p, width // p)
-    crops = get_resize_crop_region_for_grid(grid, c.sample_width // p, c.sample_height // p)
-    cos, sin = get_3d_rotary_pos_embed(c.attention_head_dim, crops, grid, frames, device=device)
-    return cos, sin
+    grid, base = (height // p, width // p), (c.sample_height // p, c.sample_width // p)
+    if c.patch_size_t is None:
+        crops = get_resize_crop_region_for_grid(grid, base[1], base[0])
+        return get_3d_rotary_pos_embed(c.attention_head_dim, crops, grid, frames, device=device)
+    return get_3d_rotary_pos_embed(
+        c.attention_head_dim, None, grid, -(-frames // c.patch_size_t), grid_type="slice",
+        max_size=base, device=device,
+    )  # fmt: skip
 
 
 class Workload:
