@@ -75,3 +75,37 @@ class ImageConditioned(nn.Module):
             )
         c = c.to(x.dtype).repeat(x.shape[0] // c.shape[0], 1, 1, 1, 1)
         return self.denoiser(torch.cat([x, c], dim=1), text, t)
+
+
+def generate_from_image(images: torch.Tensor, prompts: list[str], pipe, **generate_kwargs):
+    """Videos ``[B, 3, T, H, W]`` of the mini pipeline ``pipe`` (an image-to-video transformer:
+    ``2·C_lat`` input channels) that start from ``images`` ``[B, 3, H, W]`` in [-1, 1]; the
+    keywords go to :func:`~cogvx_mini.pipeline.generate` (``frames``, ``steps``, ``seed``...).
+
+    The image latents are a posterior sample drawn with ``seed`` before the initial noise."""
+    import dataclasses
+
+    from cogvx_mini.pipeline import generate
+
+    wanted = 2 * pipe.latent_channels
+    got = pipe.transformer.config.in_channels
+    if got != wanted:
+        raise ValueError(
+            f"pipe: expected an image-to-video transformer ({wanted} input channels: the "
+            f"latents and the image beside them), got one with {got}"
+        )
+    if images.ndim != 4 or len(images) != len(prompts):
+        raise ValueError(
+            f"images: expected [{len(prompts)}, 3, H, W], one per prompt, got {tuple(images.shape)}"
+        )
+    height, width = images.shape[-2:]
+    frames = generate_kwargs.pop("frames", 17)
+    generator = torch.Generator().manual_seed(generate_kwargs.get("seed", 0))
+    device = next(pipe.transformer.parameters()).device
+    first = encode_image(pipe.vae, images.to(device), generator, pipe.latent_scale)
+    latent_frames = pipe.latent_shape(1, frames, height, width)[2]
+    model = ImageConditioned(pipe.transformer, image_condition(first, latent_frames))
+    conditioned = dataclasses.replace(pipe, transformer=model)
+    return generate(
+        prompts, conditioned, frames=frames, height=height, width=width, **generate_kwargs
+    )

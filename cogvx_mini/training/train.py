@@ -429,6 +429,7 @@ def train(
     max_seconds: float | None = None,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` (``forward(latents, text, timesteps) -> v``) on ``dataset``.
 
@@ -436,11 +437,13 @@ def train(
     at the end and on Ctrl-C / SIGTERM (``out_dir=None``: none); an existing checkpoint is
     continued exactly (same losses as an uninterrupted run) unless ``resume`` is off.
     ``stop_at`` ends early at that step, ``max_seconds`` after that much time (both saved);
-    ``on_step(step, loss)`` runs after each step. A non-finite loss raises
+    ``on_step(step, loss)`` runs after each step; ``objective`` is the loss (default: plain
+    v-prediction on ``cfg``'s schedule). A non-finite loss raises
     :class:`NaNLossError` before the weights change, without touching the last checkpoint.
     """
     ckpt = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
-    run, objective, lr = RunState.start(model, cfg), Objective(cfg.schedule()), cfg.lr_schedule()
+    run, lr = RunState.start(model, cfg), cfg.lr_schedule()
+    objective = objective if objective is not None else Objective(cfg.schedule())
     if ckpt is not None and resume:
         resume_from(run, cfg, ckpt)
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
@@ -506,6 +509,10 @@ def maybe_save(
         save_checkpoint(state | {"latent_scale": dataset.latent_scale}, path)
 
 
+# The mini runs' frame-pack buckets: 9- and 17-frame clips at 64x64 (3 and 5 latent frames).
+MINI_BUCKETS = (Bucket(9, 64, 64), Bucket(17, 64, 64))
+
+
 def cache_key(
     clips: int, world: World, vae_weights: Path | None, text_shape: tuple[int, int] = (32, 64)
 ) -> dict:
@@ -535,11 +542,10 @@ def build_mini_dataset(
     from cogvx_mini.data.text_encoder import ToyTextEncoder
     from cogvx_mini.vae import load_mini_vae
 
-    buckets = [Bucket(9, 64, 64), Bucket(17, 64, 64)]
     vae = load_mini_vae(vae_weights).to(device)
     clips = toy_clips(count, world.lengths, max_objects=world.max_objects)
     text = ToyTextEncoder(dim=text_shape[1], max_length=text_shape[0])
-    return cache_latents(clips, vae, text, buckets, progress=progress)
+    return cache_latents(clips, vae, text, MINI_BUCKETS, progress=progress)
 
 
 def cached_dataset(out: Path, key: dict, build: Callable[[], LatentDataset]) -> LatentDataset:

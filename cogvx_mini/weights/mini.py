@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 WEIGHTS_NAME = "transformer_mini.safetensors"
+I2V_WEIGHTS_NAME = "transformer_i2v_mini.safetensors"  # the image-to-video one (training/i2v.py)
 # Runtime choices that older files stored with the model config; a config now describes the
 # model only (checkpointing, compile and attention kernels are applied from cogvx_mini.parallel).
 RETIRED_CONFIG_KEYS = ("checkpointing", "checkpoint_every", "compile_blocks", "attention_backend")
