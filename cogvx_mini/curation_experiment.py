@@ -12,9 +12,10 @@ CogVideoX claims its data pipeline "significantly improves quality and semantic 
    of the kept clips writes dense captions; its per-attribute accuracy on held-out clean clips.
 3. **Train** the mini text-to-video model (``cogvx_mini.training.train.train``, equal steps and
    batch per arm, several seeds) on (a) the raw pool with its web captions, (b) the filtered
-   pool with web captions, (c) the filtered pool re-captioned, (d) (c) with images mixed in and
-   the progressive schedule -- those two recipe options are not yet implemented, so (d) trains
-   exactly as (c) this time (a repeat that shows the seed spread).
+   pool with web captions, (c) the filtered pool re-captioned, (d) (c) with images mixed in as
+   1-frame videos (``IMAGE_RATIO`` images per clip) and progressive resolution (the first half
+   of the steps at half the size, ``TrainConfig.resolution_stages``). The paper's last stage, a
+   fine-tune on the cleanest 20%, is not part of (d) (``NOT_IMPLEMENTED``).
 4. **Judge** on clean held-out prompts (seen and held-out colour-direction pairs) with the VAE's
    ceiling, the held-out loss, and the share of generated videos the classifier calls defective.
 
@@ -56,7 +57,13 @@ from cogvx_mini.data.web_pool import PAPER_NAMES, WebClip, web_pool
 from cogvx_mini.experiments.common import eval_loss, summary
 from cogvx_mini.experiments.plots import save_figure, verdict
 from cogvx_mini.frame_pack import Bucket
-from cogvx_mini.training.train import LatentDataset, TrainConfig, cache_latents, train
+from cogvx_mini.training.train import (
+    LatentDataset,
+    TrainConfig,
+    cache_latents,
+    train,
+    with_images,
+)
 
 ARMS = {
     "a_raw": "raw pool, web captions",
@@ -64,7 +71,8 @@ ARMS = {
     "c_recaptioned": "filtered pool, re-captioned by the mini captioner",
     "d_recipe": "(c) + images mixed in + progressive resolution",
 }
-NOT_IMPLEMENTED = "images mixed in and progressive resolution: not yet implemented"
+NOT_IMPLEMENTED = "the final fine-tune on the cleanest 20% of the data"
+IMAGE_RATIO = 0.5  # images mixed in per training clip (a third of the samples are images)
 CLAIM = (
     "The data pipeline (filtering for six negative classes, then dense re-captioning) "
     "significantly improves quality and semantic alignment."
@@ -235,8 +243,29 @@ def arm_datasets(curation: Curation, vae, budget: CurationBudget) -> dict[str, L
         "a_raw": raw,
         "b_filtered": dataset(kept),
         "c_recaptioned": dataset(recaptioned),
-        "d_recipe": dataset(recaptioned),  # NOT_IMPLEMENTED: trains exactly as (c)
+        "d_recipe": recipe_dataset(curation, vae, budget, raw),
     }
+
+
+def recipe_dataset(curation: Curation, vae, budget: CurationBudget, raw: LatentDataset):
+    """Arm (d)'s clips: (c)'s with images mixed in (:func:`with_images`), each at the final size
+    and at half of it, for the progressive schedule's first stage (:func:`resolution_stages`)."""
+    kept = [(curation.pool[i].video, curation.recaptions[i]) for i in curation.kept]
+    mixed = with_images(kept, IMAGE_RATIO, seed=POOL_SEED)
+    clips = []
+    for size in (budget.size // 2, budget.size):
+        buckets = [Bucket(budget.frames, size, size), Bucket(1, size, size)]
+        encoded = cache_latents(mixed, vae, ToyTextEncoder(), buckets, raw.latent_scale,
+                                progress=False)  # fmt: skip
+        clips += encoded.clips
+    return LatentDataset(clips, raw.empty_text, raw.latent_scale)
+
+
+def resolution_stages(arm: str, budget: CurationBudget) -> tuple[tuple[int, int], ...]:
+    """Arm (d) trains its first half of the steps at half the size; the others at full size."""
+    if arm != "d_recipe":
+        return ()
+    return ((0, budget.size // 2), (budget.steps // 2, budget.size))
 
 
 def eval_dataset(vae, budget: CurationBudget, latent_scale: float) -> LatentDataset:
@@ -257,8 +286,9 @@ def judge_ceiling(vae, data: LatentDataset, device: str) -> float:
     return sum(judge(v, c.caption) for v, c in zip(videos, data.clips, strict=True)) / len(videos)
 
 
-def train_arm(data: LatentDataset, budget: CurationBudget, seed: int, device: str):
-    """The mini transformer trained on ``data`` through the shared training loop; its EMA."""
+def train_arm(data: LatentDataset, budget: CurationBudget, seed: int, device: str, stages=()):
+    """The mini transformer trained on ``data`` through the shared training loop (progressive
+    resolution by ``stages``, :attr:`TrainConfig.resolution_stages`); its EMA and losses."""
     from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
 
     torch.manual_seed(seed)
@@ -272,6 +302,7 @@ def train_arm(data: LatentDataset, budget: CurationBudget, seed: int, device: st
         seed=seed,
         checkpoint_every=budget.steps,
         timestep_strata=min(16, budget.batch),
+        resolution_stages=stages,
     )
     with tempfile.TemporaryDirectory() as out_dir:
         result = train(model, data, cfg, out_dir, resume=False, progress=False)
@@ -311,7 +342,7 @@ def run_arms(curation, vae, budget, device, log) -> tuple[dict, float]:
     for arm, data in datasets.items():
         values, shares, curves = {k: [] for k in METRICS}, [], []
         for seed in budget.seeds:
-            model, losses = train_arm(data, budget, seed, device)
+            model, losses = train_arm(data, budget, seed, device, resolution_stages(arm, budget))
             m = evaluate_arm(model, vae, curation.classifier, eval_data, budget, seed, device)
             for k in METRICS:
                 values[k].append(m[k])
@@ -333,7 +364,8 @@ def run_arms(curation, vae, budget, device, log) -> tuple[dict, float]:
             "device": device,
         }
         if arm == "d_recipe":
-            arms[arm]["not_implemented"] = NOT_IMPLEMENTED
+            arms[arm] |= {"not_implemented": NOT_IMPLEMENTED, "image_ratio": IMAGE_RATIO,
+                          "resolution_stages": resolution_stages(arm, budget)}  # fmt: skip
     return arms, judge_ceiling(vae, eval_data, device)
 
 

@@ -150,7 +150,11 @@ def _check_schema(result: dict) -> None:
             assert {"mean", "std"} <= set(arm[metric])
             assert len(arm[metric]["values"]) == len(arm["seeds"])
         assert arm["steps"] > 0 and arm["device"]
-    assert "not yet implemented" in result["arms"]["d_recipe"]["not_implemented"]
+    recipe = result["arms"]["d_recipe"]
+    assert "fine-tune" in recipe["not_implemented"] and recipe["image_ratio"] > 0
+    (start, low), (switch, high) = recipe["resolution_stages"]
+    assert start == 0 < switch < recipe["steps"] and low < high
+    assert recipe["train_clips"] > result["arms"]["c_recaptioned"]["train_clips"]
     assert 0.0 <= result["judge_ceiling"] <= 1.0
 
 

@@ -203,3 +203,51 @@ def test_ema_exports_its_averages_into_a_copy_of_the_model():
     averaged = ema.averaged_model(model)
     torch.testing.assert_close(averaged.weight, model.weight - 0.5)
     assert not averaged.weight.requires_grad and averaged is not model
+
+
+def two_resolution_dataset():
+    """random_dataset's clips at 32x32 and a copy at 16x16 (latents 2x2), images among them."""
+    data = random_dataset(12)
+    small = [
+        LatentClip(c.mean[..., :2, :2], c.std[..., :2, :2], c.text, c.caption,
+                   Bucket(c.bucket.frames, 16, 16))
+        for c in data.clips
+    ]  # fmt: skip
+    return LatentDataset(small + data.clips, data.empty_text, 1.0)
+
+
+def test_progressive_stages_draw_only_their_resolution_and_resume_exactly(tmp_path):
+    from cogvx_mini.training.train import StagedPlan
+
+    data = two_resolution_dataset()
+    stages = ((0, 16), (6, 32))
+    plan = StagedPlan(data, 4, seed=0, stages=stages)
+    for step in range(12):
+        bucket, idx = plan.batch(step)
+        assert bucket.height == (16 if step < 6 else 32)
+        assert {data.clips[i].bucket for i in idx} == {bucket}
+    cfg = TrainConfig(steps=12, batch_size=4, warmup=3, checkpoint_every=5, timestep_strata=4,
+                      resolution_stages=stages)  # fmt: skip
+    full = train(tiny_model(), data, cfg, tmp_path / "full", progress=False)
+    train(tiny_model(), data, cfg, tmp_path / "cut", progress=False, stop_at=7)
+    resumed = train(tiny_model(), data, cfg, tmp_path / "cut", progress=False)
+    assert resumed.losses == full.losses  # the stage of each step survives the resume
+    with pytest.raises(ValueError, match="resolution_stages"):
+        TrainConfig(steps=12, resolution_stages=((3, 16), (6, 32)))  # must start at step 0
+    with pytest.raises(ValueError, match="no clip of height 64"):
+        StagedPlan(data, 4, seed=0, stages=((0, 64),))
+
+
+def test_with_images_adds_one_frame_videos_at_the_ratio():
+    from cogvx_mini.training.train import with_images
+
+    clips = [(torch.rand(3, 9, 8, 8), f"clip {i}") for i in range(10)]
+    mixed = with_images(clips, 0.5, seed=1)
+    assert mixed[:10] == clips and len(mixed) == 15
+    for image, caption in mixed[10:]:
+        source = clips[int(caption.split()[1])][0]
+        assert image.shape == (3, 1, 8, 8)
+        assert any(torch.equal(image[:, 0], source[:, f]) for f in range(9))
+    assert with_images(clips, 0.5, seed=1)[10:][0][1] == mixed[10][1]  # deterministic by seed
+    with pytest.raises(ValueError, match="ratio"):
+        with_images(clips, 1.5)

@@ -91,6 +91,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     tracker_buckets: int = 10
+    # Progressive resolution: ((first step, clip height), ...), the first from step 0; a stage
+    # draws its batches only from the clips of its height. (): every clip throughout.
+    resolution_stages: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "timestep_strata", "tracker_buckets", "checkpoint_every")
@@ -102,6 +105,13 @@ class TrainConfig:
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas: expected two values in [0, 1), got {self.betas}")
         self.lr_schedule()  # validates lr, warmup and final_lr_ratio
+        self.resolution_stages = tuple(tuple(s) for s in self.resolution_stages)  # JSON: lists
+        starts = [start for start, _ in self.resolution_stages]
+        if starts and (starts[0] != 0 or starts != sorted(set(starts)) or starts[-1] >= self.steps):
+            raise ValueError(
+                "resolution_stages: expected ((0, height), (step, height), ...) with increasing "
+                f"first steps below steps={self.steps}, got {self.resolution_stages}"
+            )
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(snr_shift_scale=self.snr_shift_scale)
@@ -196,6 +206,22 @@ def toy_clips(
         yield render(scene, length, height, width), scene.caption
 
 
+def with_images(clips, ratio: float, seed: int = 0) -> list[tuple[torch.Tensor, str]]:
+    """``clips`` ``([3, T, H, W], caption)`` and, for a ``ratio`` share of them (drawn with
+    ``seed``), one of their frames as a 1-frame video ``[3, 1, H, W]`` under the same caption:
+    CogVideoX's images mixed into video training (at ratio r, r / (1 + r) of the samples)."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio: expected a share in [0, 1], got {ratio}")
+    clips = list(clips)
+    rng = random.Random(seed)
+    images = []
+    for i in sorted(rng.sample(range(len(clips)), round(ratio * len(clips)))):
+        video, caption = clips[i]
+        frame = rng.randrange(video.shape[1])
+        images.append((video[:, frame : frame + 1], caption))
+    return clips + images
+
+
 @torch.no_grad()
 def cache_latents(
     clips,
@@ -269,6 +295,35 @@ class EpochPlan:
                 self.shapes, self.buckets, self.batch_size, seed=self.seed + epoch
             )
         return self._batches[index]
+
+
+class StagedPlan:
+    """Progressive resolution: an :class:`EpochPlan` for each stage of ``stages`` (``(first
+    step, height)`` pairs) over the dataset's clips of that height; indices into the dataset."""
+
+    def __init__(self, dataset: LatentDataset, batch_size: int, seed: int, stages) -> None:
+        self.stages = []
+        heights = sorted({c.bucket.height for c in dataset.clips})
+        for start, height in stages:
+            chosen = [i for i, c in enumerate(dataset.clips) if c.bucket.height == height]
+            if not chosen:
+                raise ValueError(
+                    f"resolution_stages: no clip of height {height} in the dataset ({heights})"
+                )
+            subset = dataclasses.replace(dataset, clips=[dataset.clips[i] for i in chosen])
+            self.stages.append((start, chosen, EpochPlan(subset, batch_size, seed)))
+
+    def batch(self, step: int) -> tuple[Bucket, list[int]]:
+        start, chosen, plan = next(s for s in reversed(self.stages) if s[0] <= step)
+        bucket, indices = plan.batch(step - start)
+        return bucket, [chosen[i] for i in indices]
+
+
+def batch_plan(dataset: LatentDataset, cfg: TrainConfig) -> EpochPlan | StagedPlan:
+    """The run's plan of batches: staged by ``cfg.resolution_stages`` if it has any."""
+    if cfg.resolution_stages:
+        return StagedPlan(dataset, cfg.batch_size, cfg.seed, cfg.resolution_stages)
+    return EpochPlan(dataset, cfg.batch_size, cfg.seed)
 
 
 class NaNLossError(NonFiniteLossError):
@@ -448,7 +503,7 @@ def train(
         resume_from(run, cfg, ckpt)
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     device = next(model.parameters()).device  # batches are drawn on the CPU, then moved
-    plan, start, stop = EpochPlan(dataset, cfg.batch_size, cfg.seed), time.perf_counter(), False
+    plan, start, stop = batch_plan(dataset, cfg), time.perf_counter(), False
     model.train()
     bar = tqdm(total=cfg.steps, initial=run.step, desc="training", disable=not progress)
     with StopRequest().installed() as signals:
