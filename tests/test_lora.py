@@ -404,7 +404,8 @@ def _losses(out) -> list[float]:
 @pytest.fixture(scope="module")
 def scale_runs(tmp_path_factory):
     """One process for 8 steps in this process (checkpoints at 4 and 8), then two gloo ranks
-    under torchrun resuming its step-4 checkpoint (FSDP over both) to step 8."""
+    under torchrun resuming its step-4 checkpoint to step 8: FSDP over both (dp 2), and context
+    parallel (dp 1 x cp 2, the video tokens split between them)."""
     import scale.train
 
     root = tmp_path_factory.mktemp("scale_lora")
@@ -416,20 +417,33 @@ def scale_runs(tmp_path_factory):
     finally:  # init_distributed set RANK, WORLD_SIZE, ... for a world of one
         os.environ.clear()
         os.environ.update(env)
-    resumed = root / "two"
-    (resumed / "checkpoints").mkdir(parents=True)
-    shutil.copytree(root / "one/checkpoints/step_00000004", resumed / "checkpoints/step_00000004")
-    shutil.copy(root / "one/metrics.jsonl", resumed / "metrics.jsonl")
-    log = torchrun(2, *args, "--out", str(resumed))
-    return root, base, log.stdout + log.stderr
+    logs = []
+    for name, layout in (("two", []), ("cp", ["--set", "parallel.cp=2"])):
+        resumed = root / name
+        (resumed / "checkpoints").mkdir(parents=True)
+        shutil.copytree(
+            root / "one/checkpoints/step_00000004", resumed / "checkpoints/step_00000004"
+        )
+        shutil.copy(root / "one/metrics.jsonl", resumed / "metrics.jsonl")
+        log = torchrun(2, *args, *layout, "--out", str(resumed))
+        logs.append(log.stdout + log.stderr)
+    return root, base, *logs
 
 
 def test_scale_lora_on_two_ranks_resumes_one_process_exactly(scale_runs):
-    root, _, log = scale_runs
+    root, _, log, _ = scale_runs
     assert "LoRA rank 4: 8,192 trained" in log and "resuming from" in log and "dp=2" in log
     one, two = _losses(root / "one"), _losses(root / "two")
     assert len(one) == len(two) == 8
     assert two[4:] == pytest.approx(one[4:], rel=1e-4)  # FSDP LoRA == one process, after resume
+
+
+def test_scale_lora_under_context_parallel_resumes_one_process_exactly(scale_runs):
+    root, _, _, log = scale_runs
+    assert "LoRA rank 4: 8,192 trained" in log and "dp=1 x cp=2" in log
+    one, cp = _losses(root / "one"), _losses(root / "cp")
+    assert len(cp) == 8
+    assert cp[4:] == pytest.approx(one[4:], rel=1e-4)  # CP with LoRA == one process
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # dcp.load in one process
@@ -438,7 +452,7 @@ def test_scale_lora_exports_diffusers_files_and_keeps_the_base(scale_runs):
 
     from cogvx_mini.weights.checkpoint import load_weights
 
-    root, base, _ = scale_runs
+    root, base, _, _ = scale_runs
     for name in ("lora", "lora_ema"):
         tensors = load_file(root / "two" / name / LORA_FILE)
         assert "transformer.transformer_blocks.1.attn1.to_v.lora_B.weight" in tensors
@@ -464,7 +478,7 @@ def test_scale_checkpoint_of_another_lora_is_refused(scale_runs):
     from cogvx_mini.training.scale_config import load_config
     from scale.train import check_checkpoint_config, latest_checkpoint
 
-    root, _, _ = scale_runs
+    root, _, _, _ = scale_runs
     path = latest_checkpoint(root / "two" / "checkpoints")
     check_checkpoint_config(path, load_config("tiny", SETS))  # the same config resumes
     for change in ["lora.rank=0", "lora.rank=8", "lora.alpha=4", "lora.targets=[qkv]"]:
