@@ -483,6 +483,30 @@ def plot_arms(result: dict, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def merge_results(parts: Sequence[dict]) -> dict:
+    """One result from runs of the same budget on disjoint seeds (e.g. one process per seed):
+    each arm's per-seed values joined and summarised again, the verdicts redone."""
+    first = parts[0]
+    if any(p["budget_settings"] | {"seeds": []} != first["budget_settings"] | {"seeds": []}
+           for p in parts):  # fmt: skip
+        raise ValueError("parts: expected runs of one budget, got different budget settings")
+    seeds = [s for p in parts for s in p["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"parts: expected disjoint seeds, got {seeds}")
+    merged = first | {"seeds": seeds, "seconds": max(p["seconds"] for p in parts), "arms": {}}
+    merged["budget_settings"] = first["budget_settings"] | {"seeds": seeds}
+    for arm, head in first["arms"].items():
+        runs = [p["arms"][arm] for p in parts]
+        joined = {k: summary([v for r in runs for v in r[k]["values"]]) for k in METRICS}
+        shares = {c: summary([v for r in runs for v in r["defect_shares"][c]["values"]])
+                  for c in CLASSES}  # fmt: skip
+        curves = [c for r in runs for c in r["loss_curves"]]
+        merged["arms"][arm] = head | joined | {"defect_shares": shares, "loss_curves": curves,
+                                               "seeds": seeds}  # fmt: skip
+    merged["verdicts"] = verdicts(merged)
+    return merged
+
+
 def load_result(out: str | Path = "book/data") -> dict:
     """The committed result ``out/curation.json``."""
     return json.loads((Path(out) / "curation.json").read_text())
@@ -496,10 +520,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("book/data"))
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--plot-only", action="store_true", help="redraw figures from the JSON")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="join results of disjoint seeds into OUT/curation.json")  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.plot_only:
         result = load_result(args.out)
+    elif args.merge:
+        result = merge_results([json.loads(path.read_text()) for path in args.merge])
+        (args.out / "curation.json").write_text(json.dumps(result, indent=1) + "\n")
     else:
         result = run(args.budget, args.device, args.seeds, log=lambda s: print(s, flush=True))
         args.out.mkdir(parents=True, exist_ok=True)

@@ -169,6 +169,29 @@ def test_experiment_end_to_end_tiny(tmp_path):
         assert (tmp_path / png).stat().st_size > 1000
 
 
+def test_runs_of_disjoint_seeds_merge_into_the_run_of_both(tmp_path):
+    from cogvx_mini.curation_experiment import main, merge_results
+
+    for seeds in (["0"], ["1"], ["0", "1"]):
+        main(["--budget", "tiny", "--seeds", *seeds, "--out", str(tmp_path / "".join(seeds))])
+    main(["--merge", str(tmp_path / "0/curation.json"), str(tmp_path / "1/curation.json"),
+          "--out", str(tmp_path / "0")])  # fmt: skip
+    merged = json.loads((tmp_path / "0/curation.json").read_text())
+    both = json.loads((tmp_path / "01/curation.json").read_text())
+    _check_schema(merged)
+    assert merged["seeds"] == both["seeds"] == [0, 1]
+    for arm in both["arms"]:
+        for metric in ("judge_seen", "judge_held_out", "eval_loss", "defective"):
+            got, want = merged["arms"][arm][metric], both["arms"][arm][metric]
+            assert got["values"] == pytest.approx(want["values"], rel=1e-5), (arm, metric)
+            assert got["mean"] == pytest.approx(want["mean"], rel=1e-5)
+    assert [v["outcome"] for v in merged["verdicts"]["b_filtered_vs_a_raw"]] == [
+        v["outcome"] for v in both["verdicts"]["b_filtered_vs_a_raw"]
+    ]
+    with pytest.raises(ValueError, match="disjoint seeds"):
+        merge_results([both, both])
+
+
 def test_committed_result_schema():
     path = Path(__file__).parent.parent / "book" / "data" / "curation.json"
     result = json.loads(path.read_text())
