@@ -417,15 +417,17 @@ def run(
 
 
 def verdicts(result: dict) -> dict[str, list[dict]]:
-    """The chapter-10 rule on the claim: the curated arm against the raw one, per metric
-    (``agrees`` when better by more than the two seed spreads added)."""
+    """The chapter-10 rule on the claim: the curated arms against the raw one, and the training
+    recipe against the data it trains on, per metric (``agrees`` when better by more than the
+    two seed spreads added)."""
 
     def pair(chosen: str, other: str) -> list[dict]:
         arms = {a: {"metrics": {k: result["arms"][a][k] for k in METRICS}} for a in (chosen, other)}
         return verdict({"arms": arms, "primary": list(METRICS), "higher_is_better": METRICS})
 
     return {"c_recaptioned_vs_a_raw": pair("c_recaptioned", "a_raw"),
-            "b_filtered_vs_a_raw": pair("b_filtered", "a_raw")}  # fmt: skip
+            "b_filtered_vs_a_raw": pair("b_filtered", "a_raw"),
+            "d_recipe_vs_c_recaptioned": pair("d_recipe", "c_recaptioned")}  # fmt: skip
 
 
 def plot_filters(result: dict, path: str | Path) -> Path:
