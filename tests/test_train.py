@@ -217,17 +217,17 @@ def two_resolution_dataset():
 
 
 def test_progressive_stages_draw_only_their_resolution_and_resume_exactly(tmp_path):
-    from cogvx_mini.training.train import StagedPlan
+    from cogvx_mini.training.train import batch_plan
 
     data = two_resolution_dataset()
     stages = ((0, 16), (6, 32))
-    plan = StagedPlan(data, 4, seed=0, stages=stages)
+    cfg = TrainConfig(steps=12, batch_size=4, warmup=3, checkpoint_every=5, timestep_strata=4,
+                      resolution_stages=stages)  # fmt: skip
+    plan = batch_plan(data, cfg)
     for step in range(12):
         bucket, idx = plan.batch(step)
         assert bucket.height == (16 if step < 6 else 32)
         assert {data.clips[i].bucket for i in idx} == {bucket}
-    cfg = TrainConfig(steps=12, batch_size=4, warmup=3, checkpoint_every=5, timestep_strata=4,
-                      resolution_stages=stages)  # fmt: skip
     full = train(tiny_model(), data, cfg, tmp_path / "full", progress=False)
     train(tiny_model(), data, cfg, tmp_path / "cut", progress=False, stop_at=7)
     resumed = train(tiny_model(), data, cfg, tmp_path / "cut", progress=False)
@@ -235,7 +235,28 @@ def test_progressive_stages_draw_only_their_resolution_and_resume_exactly(tmp_pa
     with pytest.raises(ValueError, match="resolution_stages"):
         TrainConfig(steps=12, resolution_stages=((3, 16), (6, 32)))  # must start at step 0
     with pytest.raises(ValueError, match="no clip of height 64"):
-        StagedPlan(data, 4, seed=0, stages=((0, 64),))
+        batch_plan(data, TrainConfig(steps=12, resolution_stages=((0, 64),)))
+
+
+def test_best_share_stage_trains_on_the_best_scored_clips_of_the_last_stage():
+    import dataclasses
+
+    from cogvx_mini.training.train import batch_plan, stage_clips
+
+    data = two_resolution_dataset()
+    data.clips = [dataclasses.replace(c, quality=float(i)) for i, c in enumerate(data.clips)]
+    cfg = TrainConfig(steps=12, batch_size=4, warmup=3, resolution_stages=((0, 16), (4, 32)),
+                      best_share_from=9, best_share=0.25)  # fmt: skip
+    (_, low), (_, high), (first, best) = stage_clips(data, cfg)
+    assert first == 9 and len(best) == round(0.25 * len(high)) == 3
+    assert best == sorted(sorted(high, key=lambda i: -data.clips[i].quality)[:3])  # top scores
+    plan = batch_plan(data, cfg)
+    for step in range(9, 12):
+        assert set(plan.batch(step)[1]) <= set(best)
+    with pytest.raises(ValueError, match="best_share_from"):
+        TrainConfig(steps=12, resolution_stages=((0, 16), (4, 32)), best_share_from=3)
+    with pytest.raises(ValueError, match="best_share"):
+        TrainConfig(steps=12, best_share_from=6, best_share=1.5)
 
 
 def test_with_images_adds_one_frame_videos_at_the_ratio():

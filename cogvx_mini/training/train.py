@@ -94,6 +94,10 @@ class TrainConfig:
     # Progressive resolution: ((first step, clip height), ...), the first from step 0; a stage
     # draws its batches only from the clips of its height. (): every clip throughout.
     resolution_stages: tuple[tuple[int, int], ...] = ()
+    # The final high-quality fine-tune: from step best_share_from on (0: never) only the best
+    # best_share of the last stage's clips by LatentClip.quality.
+    best_share_from: int = 0
+    best_share: float = 0.2
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "timestep_strata", "tracker_buckets", "checkpoint_every")
@@ -112,6 +116,14 @@ class TrainConfig:
                 "resolution_stages: expected ((0, height), (step, height), ...) with increasing "
                 f"first steps below steps={self.steps}, got {self.resolution_stages}"
             )
+        first = self.best_share_from
+        if first and not (max(starts, default=0) < first < self.steps):
+            raise ValueError(
+                f"best_share_from: expected a step after the last resolution stage's first and "
+                f"below steps={self.steps}, got {first}"
+            )
+        if not 0.0 < self.best_share <= 1.0:
+            raise ValueError(f"best_share: expected a share in (0, 1], got {self.best_share}")
 
     def schedule(self) -> NoiseSchedule:
         return NoiseSchedule(snr_shift_scale=self.snr_shift_scale)
@@ -130,6 +142,7 @@ class LatentClip:
     text: torch.Tensor  # [L, D] text embedding
     caption: str
     bucket: Bucket
+    quality: float = 1.0  # a curation score, higher is better (best_share picks by it)
 
 
 @dataclass
@@ -298,18 +311,12 @@ class EpochPlan:
 
 
 class StagedPlan:
-    """Progressive resolution: an :class:`EpochPlan` for each stage of ``stages`` (``(first
-    step, height)`` pairs) over the dataset's clips of that height; indices into the dataset."""
+    """Training in stages: an :class:`EpochPlan` for each ``(first step, clip indices)`` of
+    ``stages`` (:func:`stage_clips`) over those clips; batches hold indices into the dataset."""
 
     def __init__(self, dataset: LatentDataset, batch_size: int, seed: int, stages) -> None:
         self.stages = []
-        heights = sorted({c.bucket.height for c in dataset.clips})
-        for start, height in stages:
-            chosen = [i for i, c in enumerate(dataset.clips) if c.bucket.height == height]
-            if not chosen:
-                raise ValueError(
-                    f"resolution_stages: no clip of height {height} in the dataset ({heights})"
-                )
+        for start, chosen in stages:
             subset = dataclasses.replace(dataset, clips=[dataset.clips[i] for i in chosen])
             self.stages.append((start, chosen, EpochPlan(subset, batch_size, seed)))
 
@@ -319,10 +326,33 @@ class StagedPlan:
         return bucket, [chosen[i] for i in indices]
 
 
-def batch_plan(dataset: LatentDataset, cfg: TrainConfig) -> EpochPlan | StagedPlan:
-    """The run's plan of batches: staged by ``cfg.resolution_stages`` if it has any."""
+def stage_clips(dataset: LatentDataset, cfg: TrainConfig) -> list[tuple[int, list[int]]]:
+    """``(first step, clip indices)`` of each stage: one per ``cfg.resolution_stages`` (the
+    clips of its height; else one stage of every clip), then from ``cfg.best_share_from`` the
+    best ``cfg.best_share`` of the last stage's clips by quality."""
+    clips = dataset.clips
+    stages = [(0, list(range(len(clips))))]
     if cfg.resolution_stages:
-        return StagedPlan(dataset, cfg.batch_size, cfg.seed, cfg.resolution_stages)
+        heights = sorted({c.bucket.height for c in clips})
+        stages = [(start, [i for i, c in enumerate(clips) if c.bucket.height == height])
+                  for start, height in cfg.resolution_stages]  # fmt: skip
+        for (_, chosen), (_, height) in zip(stages, cfg.resolution_stages, strict=True):
+            if not chosen:
+                raise ValueError(
+                    f"resolution_stages: no clip of height {height} in the dataset ({heights})"
+                )
+    if cfg.best_share_from:
+        pool = stages[-1][1]
+        count = max(1, round(cfg.best_share * len(pool)))
+        best = sorted(pool, key=lambda i: -clips[i].quality)[:count]
+        stages.append((cfg.best_share_from, sorted(best)))
+    return stages
+
+
+def batch_plan(dataset: LatentDataset, cfg: TrainConfig) -> EpochPlan | StagedPlan:
+    """The run's plan of batches: staged (:func:`stage_clips`) if ``cfg`` has stages."""
+    if cfg.resolution_stages or cfg.best_share_from:
+        return StagedPlan(dataset, cfg.batch_size, cfg.seed, stage_clips(dataset, cfg))
     return EpochPlan(dataset, cfg.batch_size, cfg.seed)
 
 
@@ -416,10 +446,10 @@ def resume_from(run: RunState, cfg: TrainConfig, path: Path) -> None:
             f"checkpoint {saved.get(name)} vs model {current.get(name)}); use a new --out "
             "folder or the same --lora settings"
         )
-    if state["config"] != dataclasses.asdict(cfg):
-        changed = sorted(
-            k for k, v in dataclasses.asdict(cfg).items() if state["config"].get(k) != v
-        )
+    # A field added since the checkpoint was written counts as its default.
+    saved = dataclasses.asdict(TrainConfig()) | state["config"]
+    if saved != dataclasses.asdict(cfg):
+        changed = sorted(k for k, v in dataclasses.asdict(cfg).items() if saved.get(k) != v)
         raise ValueError(
             f"checkpoint {path} was written with another TrainConfig (changed: {changed}); "
             "use a new --out folder or the same settings"
