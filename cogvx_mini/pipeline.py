@@ -163,14 +163,20 @@ def _check_generate_args(prompts, negative_prompt, pipe, frames, height, width, 
 
 
 def evaluation_prompts(
-    split: str, count: int, first_seed: int = 10_000, max_objects: int = 3
+    split: str,
+    count: int,
+    first_seed: int = 10_000,
+    max_objects: int = 3,
+    new_shape: str | None = None,
 ) -> list[str]:
     """``count`` toy-world captions of ``split`` ("train": seen pairs only, "held_out": each with
     a colour-direction pair never seen in training) of scenes with up to ``max_objects`` objects,
-    from seeds no training clip used."""
+    from seeds no training clip used; ``new_shape``: the first object of each is that shape."""
     from cogvx_mini.data.toyworld import sample_scene
 
-    return [sample_scene(first_seed + i, max_objects, split).caption for i in range(count)]
+    return [
+        sample_scene(first_seed + i, max_objects, split, new_shape).caption for i in range(count)
+    ]
 
 
 def judge_scores(
@@ -181,6 +187,32 @@ def judge_scores(
 
     verdicts = judge_videos(pipe, prompts, (judge,), batch_size, **generate_kwargs)
     return [score for (score,) in verdicts]
+
+
+def concept_scores(pipe: Pipeline, prompts: list[str], **generate_kwargs) -> dict:
+    """Generate a video for each prompt and score them: :func:`concept_summary` of both judges'
+    verdicts, what a fine-tune on a new concept should raise without lowering the rest."""
+    from cogvx_mini.data.strict_judge import strict_judge
+    from cogvx_mini.data.toyworld import judge_details
+
+    verdicts = judge_videos(pipe, prompts, (judge_details, strict_judge), **generate_kwargs)
+    return concept_summary(verdicts)
+
+
+def concept_summary(verdicts: list[tuple]) -> dict:
+    """``(judge_details verdict, strict judge score)`` per video -> the means of the judge
+    (:func:`~cogvx_mini.data.toyworld.judge`) and of the strict judge, and ``new_shape_right``,
+    the share of the objects captioned with a ``NEW_SHAPES`` shape that the judge finds with that
+    shape (``None`` when no caption names one)."""
+    from cogvx_mini.data.toyworld import NEW_SHAPES
+
+    new = [o.shape_ok for v, _ in verdicts for o in v.objects if o.shape in NEW_SHAPES]
+    return {
+        "judge": sum(v.score for v, _ in verdicts) / len(verdicts),
+        "strict": sum(s for _, s in verdicts) / len(verdicts),
+        "new_shape_right": sum(new) / len(new) if new else None,
+        "prompts": len(verdicts),
+    }
 
 
 def judge_videos(

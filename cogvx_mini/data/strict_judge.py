@@ -48,6 +48,7 @@ from cogvx_mini.data.toyworld import (
     extra_colours,
     min_object_area,
     parse_caption,
+    shape_choices,
 )
 
 CHECKS = ("persistent", "whole", "shape", "size", "direction", "smooth")
@@ -125,9 +126,12 @@ def in_contact(masks: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
     return torch.where(masks.flatten(1).any(1), contact, contact[nearest])
 
 
-def _frame_checks(v: StrictObjectVerdict, masks, present, contact, side: int) -> None:
+def _frame_checks(
+    v: StrictObjectVerdict, masks, present, contact, side: int, choices: tuple[str, ...]
+) -> None:
     """Fill ``v.checks`` from the object's masks ``[T, H, W]``, its present frames ``[T]`` and
-    its frames in contact with another object ``[T]`` (excused from the shape checks)."""
+    its frames in contact with another object ``[T]`` (excused from the shape checks); its
+    shape is classified among ``choices`` (:func:`~cogvx_mini.data.toyworld.shape_choices`)."""
     frames = len(masks)
     v.checks["persistent"] = bool((present | contact).float().mean() >= 0.9)
     kept = torch.nonzero(present).flatten()
@@ -140,7 +144,7 @@ def _frame_checks(v: StrictObjectVerdict, masks, present, contact, side: int) ->
     if len(clear) < 2:  # always touching another object: shape and size judged on every frame
         clear = masks[kept]
     height, width = masks.shape[1:]
-    v.checks["shape"] = sum(_shape_of(m) == v.shape for m in clear) >= 0.5 * len(clear)
+    v.checks["shape"] = sum(_shape_of(m, choices) == v.shape for m in clear) >= 0.5 * len(clear)
     ref = {z: _reference_area(v.shape, z, v.colour, height, width) for z in SIZES}
     areas = clear.flatten(1).sum(1).float()
     nearer = [min(SIZES, key=lambda z, a=a: abs(torch.log(a / ref[z]))) for a in areas]
@@ -173,7 +177,9 @@ def strict_judge_details(video: torch.Tensor, caption: str) -> StrictVerdict:
     labels = _palette_labels(video)
     min_area = min_object_area(height, width)
     verdicts = []
-    for size, colour, shape, direction in parse_caption(caption):
+    objects = parse_caption(caption)
+    choices = shape_choices(shape for _, _, shape, _ in objects)  # + a new shape it names
+    for size, colour, shape, direction in objects:
         v = StrictObjectVerdict(size, colour, shape, direction)
         verdicts.append(v)
         masks = labels == _NAMES.index(colour)
@@ -184,7 +190,7 @@ def strict_judge_details(video: torch.Tensor, caption: str) -> StrictVerdict:
         full = _reference_area(shape, size, colour, height, width)
         shrunk = masks.flatten(1).sum(1) < 0.85 * full
         contact = in_contact(masks & present[:, None, None], others) & shrunk
-        _frame_checks(v, masks, present, contact, min(height, width))
+        _frame_checks(v, masks, present, contact, min(height, width), choices)
     return StrictVerdict(verdicts, extra_colours(labels, {o.colour for o in verdicts}, min_area))
 
 

@@ -7,14 +7,18 @@ deterministic by seed, so the same data set exists on every machine without a do
 
 Some colour-direction pairs (``HELD_OUT``) never occur in the training split, so a model that
 generates "a red circle moves left" from the words alone composes a colour and a motion it has
-only seen separately. ``judge(video, caption)`` reads the objects back from the pixels (colour,
-area, fill of the bounding box, centroid track) and scores how well a video follows its caption:
-the mini model's text-alignment metric. ``write_dataset`` writes the world out as real video files
-plus a captions JSONL, and ``VideoFolder`` reads such a folder, or a user's, back.
+only seen separately. ``NEW_SHAPES`` are outside the world: no default scene holds one, and a
+scene draws one only when asked (``sample_scene(seed, new_shape="diamond")``), to teach a trained
+model a concept it has never seen. ``judge(video, caption)`` reads the objects back from the
+pixels (colour, area, fill of the bounding box, centroid track) and scores how well a video
+follows its caption: the mini model's text-alignment metric. ``write_dataset`` writes the world
+out as real video files plus a captions JSONL, and ``VideoFolder`` reads such a folder, or a
+user's, back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -37,6 +41,11 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "white": (0.95, 0.95, 0.95),
 }
 SHAPES = ("circle", "square", "triangle")
+# Shapes outside the world (chapter 9's LoRA fine-tune teaches one): no default scene draws them,
+# and the judges consider one only for a caption that names it, so every score of the world's own
+# captions stays what it was. Not a colour: the mini VAE paints any other colour in the nearest
+# one of its palette (cyan comes back blue), but it draws new shapes.
+NEW_SHAPES = ("diamond",)
 SIZES = {"small": 0.11, "large": 0.19}  # half-extent as a fraction of the shorter frame side
 DIRECTIONS: dict[str, tuple[float, float]] = {  # (dy, dx) in image coordinates, y grows downward
     "left": (0.0, -1.0),
@@ -85,15 +94,20 @@ HELD_OUT: frozenset[tuple[str, str]] = frozenset(
 SPLITS = ("all", "train", "held_out")
 
 
-def sample_scene(seed: int, max_objects: int = 3, split: str = "all") -> ToyScene:
+def sample_scene(
+    seed: int, max_objects: int = 3, split: str = "all", new_shape: str | None = None
+) -> ToyScene:
     """Draw a scene deterministically from ``seed`` with 1..``max_objects`` objects.
 
     ``split="all"`` draws freely; ``"train"`` never pairs a colour with a direction of
     ``HELD_OUT`` (such a direction is redrawn among the others); ``"held_out"`` makes the first
-    object one of the ``HELD_OUT`` pairs.
+    object one of the ``HELD_OUT`` pairs. ``new_shape`` (one of ``NEW_SHAPES``) gives the first
+    object of that same scene this shape; nothing else changes.
     """
     if split not in SPLITS:
         raise ValueError(f"expected split in {SPLITS}, got {split!r}")
+    if new_shape is not None and new_shape not in NEW_SHAPES:
+        raise ValueError(f"new_shape: expected one of {list(NEW_SHAPES)}, got {new_shape!r}")
     integer("seed", seed)
     integer("max_objects", max_objects, 1, len(COLOURS))
     rng = random.Random(seed)
@@ -118,6 +132,8 @@ def sample_scene(seed: int, max_objects: int = 3, split: str = "all") -> ToyScen
         y = rng.uniform(lo - min(dy, 0) * TRAVEL, 1 - lo - max(dy, 0) * TRAVEL)
         x = rng.uniform(lo - min(dx, 0) * TRAVEL, 1 - lo - max(dx, 0) * TRAVEL)
         objects.append(ToyObject(rng.choice(SHAPES), colour, size, direction, (y, x)))
+    if new_shape is not None:  # after every draw: the default scene, one object reshaped
+        objects[0] = dataclasses.replace(objects[0], shape=new_shape)
     return ToyScene(tuple(objects))
 
 
@@ -139,6 +155,8 @@ def _coverage(
         dist = torch.sqrt(dy**2 + dx**2) - r
     elif obj.shape == "square":
         dist = torch.maximum(dy.abs(), dx.abs()) - r * 0.9
+    elif obj.shape == "diamond":  # a square on its corner; the corners stay inside the margin
+        dist = (dy.abs() + dx.abs() - r * 1.1) / 2**0.5
     else:  # upward-pointing triangle: intersection of three half-planes
         dist = torch.maximum(dy - r * 0.8, (2 * dx.abs() - dy) / 5**0.5 - r * 0.55)
     return torch.clamp(0.5 - dist / px, 0.0, 1.0)
@@ -183,7 +201,7 @@ def sample_video(
 # Captions back to objects, and the judge
 # ---------------------------------------------------------------------------------------------
 _PHRASE = re.compile(
-    rf"(?:an?\s+)?({'|'.join(SIZES)})\s+({'|'.join(COLOURS)})\s+({'|'.join(SHAPES)})"
+    rf"(?:an?\s+)?({'|'.join(SIZES)})\s+({'|'.join(COLOURS)})\s+({'|'.join(SHAPES + NEW_SHAPES)})"
     rf"\s+moves\s+({'|'.join(DIRECTIONS)})"
 )
 
@@ -246,12 +264,28 @@ def palette_colour_errors(videos: torch.Tensor, references: torch.Tensor) -> dic
     return {n: float(sums[i] / counts[i]) for i, n in enumerate(_NAMES) if counts[i] > 0}
 
 
-def _shape_of(mask: torch.Tensor) -> str:
-    """Classify one object's 2D mask as circle, square or (upward) triangle.
+def shape_choices(shapes) -> tuple[str, ...]:
+    """The shapes the judges tell apart for a caption naming ``shapes``: the world's, then the
+    ``NEW_SHAPES`` among ``shapes`` (none for the world's own captions)."""
+    named = set(shapes)
+    return SHAPES + tuple(s for s in NEW_SHAPES if s in named)
+
+
+def _corner_fill(box: torch.Tensor) -> float:
+    """The share of ``box`` ``[h, w]`` (an object's mask cut to its bounding box) covered outside
+    the diamond inscribed in it: ~0 for a diamond, ~0.57 for a circle, 1 for a square."""
+    v = (torch.arange(box.shape[0]) + 0.5) / box.shape[0] * 2 - 1
+    u = (torch.arange(box.shape[1]) + 0.5) / box.shape[1] * 2 - 1
+    return float(box[v.abs()[:, None] + u.abs()[None] > 1].mean())
+
+
+def _shape_of(mask: torch.Tensor, choices: tuple[str, ...] = SHAPES) -> str:
+    """Classify one object's 2D mask ``[H, W]`` as one of ``choices`` (:func:`shape_choices`).
 
     A triangle has far less mass in the upper half of its bounding box than in the lower half;
-    a square fills its box, a circle ~pi/4 of it. Rows and columns with < 2 pixels are ignored
-    when finding the box, so stray pixels do not stretch it.
+    a square fills its box, a circle ~pi/4 of it; a diamond (only among ``choices`` when a
+    caption names one) leaves the box's corners empty. Rows and columns with < 2 pixels are
+    ignored when finding the box, so stray pixels do not stretch it.
     """
     rows = torch.nonzero(mask.sum(1) >= 2).flatten()
     cols = torch.nonzero(mask.sum(0) >= 2).flatten()
@@ -262,6 +296,8 @@ def _shape_of(mask: torch.Tensor) -> str:
     upper, lower = box[:half].sum(), box[box.shape[0] - half :].sum()
     if upper < 0.6 * lower:
         return "triangle"
+    if "diamond" in choices and _corner_fill(box) < 0.4:  # circles leave >= 0.45 of it
+        return "diamond"
     return "square" if box.mean() > 0.88 else "circle"
 
 
@@ -352,13 +388,15 @@ def judge_details(video: torch.Tensor, caption: str) -> Verdict:
     side = min(height, width)
     labels = _palette_labels(video)
     min_area = min_object_area(height, width)
+    objects = parse_caption(caption)
+    choices = shape_choices(shape for _, _, shape, _ in objects)  # + a new shape it names
     yy, xx = torch.meshgrid(
         torch.arange(height, dtype=torch.float32),
         torch.arange(width, dtype=torch.float32),
         indexing="ij",
     )
     verdicts = []
-    for size, colour, shape, direction in parse_caption(caption):
+    for size, colour, shape, direction in objects:
         v = ObjectVerdict(size, colour, shape, direction)
         verdicts.append(v)
         index = _NAMES.index(colour)
@@ -371,14 +409,14 @@ def judge_details(video: torch.Tensor, caption: str) -> Verdict:
             mask = labels[t] == index
             area = mask.sum().float()
             areas.append(float(area))
-            shapes.append(_shape_of(mask))
+            shapes.append(_shape_of(mask, choices))
             v.track.append((float((mask * yy).sum() / area), float((mask * xx).sum() / area)))
             times.append(t / max(frames - 1, 1))
         # Occlusion by a later-drawn object only removes pixels: judge size on fuller frames.
         area = torch.tensor(areas).quantile(0.75).item()
         ref_area = {z: _reference_area(shape, z, colour, height, width) for z in SIZES}
         v.size_ok = min(SIZES, key=lambda z: abs(math.log(area / ref_area[z]))) == size
-        v.shape_ok = max(SHAPES, key=shapes.count) == shape
+        v.shape_ok = max(choices, key=shapes.count) == shape
         if len(times) >= 2:
             v.direction_ok = _moves_along(times, v.track, direction, side)
     return Verdict(verdicts, extra_colours(labels, {o.colour for o in verdicts}, min_area))
