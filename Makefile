@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 OUT ?= outputs
 
 .PHONY: demo test lint pytest chapters notebooks book-check book browser-test lab train train-gpu \
-	ablations curation clean
+	ablations curation lora-concept clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -115,6 +115,14 @@ ablations: $(STAMP)
 CURATION_BUDGET ?= cpu
 curation: $(STAMP)
 	$(BIN)/python -m cogvx_mini.curation_experiment --budget $(CURATION_BUDGET) --device $(DEVICE) --out book/data
+
+# Chapter 9's LoRA fine-tune: the shipped mini model taught a diamond (a shape outside its
+# world) on two CPU threads, judged before and after: book/data/lora_concept.json, and the
+# same on diamonds only (no prior preservation): book/data/lora_concept_no_prior.json.
+lora-concept: $(STAMP)
+	$(BIN)/python -m cogvx_mini.training.concept --json book/data/lora_concept.json
+	$(BIN)/python -m cogvx_mini.training.concept --new-shape-share 1 --after-only \
+		--json book/data/lora_concept_no_prior.json
 
 clean:
 	rm -rf _build $(OUT) .pytest_cache
