@@ -169,10 +169,15 @@ def _sample_latents(folder, out_dir, nproc: int, *extra: str) -> torch.Tensor:
     args = ["--model", str(folder), "--prompt", "a small red circle moves left", "--steps", "3"]
     args += ["--frames", "9", "--height", "32", "--width", "48", "--dtype", "fp32"]
     args += ["--device", "cpu", "--out", str(out_dir / "v.gif"), "--save-latents", str(latents)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-    cmd += ["--master_port", str(free_port()), str(ROOT / "scale" / "sample.py"), *args, *extra]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    for _ in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+        cmd += ["--master_port", str(free_port()), str(ROOT / "scale" / "sample.py"), *args, *extra]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+        # Gloo's known abort of a rank (pytorch/pytorch#65231), seen once in ~20 CI runs of 4
+        # ranks on 2 cores: run again once; any other failure, or a second abort, fails.
+        if "terminate called without an active exception" not in out.stderr:
+            break
     assert out.returncode == 0, out.stderr[-6000:]
     return load_file(latents)["latents"]
 
