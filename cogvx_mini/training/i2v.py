@@ -116,20 +116,22 @@ class ImageConditionedObjective(Objective):
 def build_i2v_dataset(
     count: int,
     latent_scale: float,
+    text_shape: tuple[int, int],
     vae_weights: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> LatentDataset:
     """The full world's training clips with their first frames beside them
-    (:class:`FirstFrameBeside`), scaled by ``latent_scale``: that of the model being widened,
-    so the video channels are exactly what it trained on."""
+    (:class:`FirstFrameBeside`), scaled by ``latent_scale`` and with text embeddings of
+    ``text_shape`` = ``(max_text_len, text_dim)``: those of the model being widened, so the
+    video channels and the text are exactly what it trained on."""
     from cogvx_mini.data.text_encoder import ToyTextEncoder
     from cogvx_mini.vae import load_mini_vae
 
     world = WORLDS["full"]
     encoder = FirstFrameBeside(load_mini_vae(vae_weights).to(device))
     clips = toy_clips(count, world.lengths, max_objects=world.max_objects)
-    text = ToyTextEncoder(dim=64, max_length=32)  # the mini model's text shape (cache_key's)
+    text = ToyTextEncoder(dim=text_shape[1], max_length=text_shape[0])
     return cache_latents(clips, encoder, text, MINI_BUCKETS, latent_scale, progress=progress)
 
 
@@ -238,10 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     base.load_state_dict(base_state)
     model = widen_input(base).to(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    key = cache_key(args.clips, WORLDS["full"], args.vae_weights) | {"first_frame_beside": True}
+    text_shape = (base_config.max_text_len, base_config.text_dim)  # what the model reads
+    key = cache_key(args.clips, WORLDS["full"], args.vae_weights, text_shape)
+    key["first_frame_beside"] = True
     scale = float(meta["latent_scale"])
     dataset = cached_dataset(
-        args.out, key, lambda: build_i2v_dataset(args.clips, scale, args.vae_weights, args.device)
+        args.out,
+        key,
+        lambda: build_i2v_dataset(args.clips, scale, text_shape, args.vae_weights, args.device),
     )
     print(f"{len(dataset.clips)} clips with their first frames cached; widened {args.init_from}")
     max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
