@@ -11,6 +11,7 @@ the guidance scale, divides by the latent scale and decodes with the VAE.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,14 +169,18 @@ def evaluation_prompts(
     first_seed: int = 10_000,
     max_objects: int = 3,
     new_shape: str | None = None,
+    colours: Sequence[str] | None = None,
+    sizes: Sequence[str] | None = None,
 ) -> list[str]:
     """``count`` toy-world captions of ``split`` ("train": seen pairs only, "held_out": each with
     a colour-direction pair never seen in training) of scenes with up to ``max_objects`` objects,
-    from seeds no training clip used; ``new_shape``: the first object of each is that shape."""
+    from seeds no training clip used; ``new_shape``: the first object of each is that shape;
+    ``colours``, ``sizes``: the ones a smaller world draws from (``None``: all)."""
     from cogvx_mini.data.toyworld import sample_scene
 
     return [
-        sample_scene(first_seed + i, max_objects, split, new_shape).caption for i in range(count)
+        sample_scene(first_seed + i, max_objects, split, new_shape, colours, sizes).caption
+        for i in range(count)
     ]
 
 

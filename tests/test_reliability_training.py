@@ -13,6 +13,7 @@ import scale_helpers
 import torch
 from test_train import CFG, random_dataset, tiny_model
 
+from cogvx_mini.data.toyworld import chance_level
 from cogvx_mini.training import train as mini
 from cogvx_mini.training.scale_config import CONFIGS, load_config
 from cogvx_mini.training.step import NonFiniteLossError
@@ -168,12 +169,14 @@ def test_judge_prompts_judge_the_exported_weights_and_log_it(tmp_path):
     mini.main([*args, "--judge-prompts", "2", "--out", str(out)])
     judged = json.loads((out / "train_log.json").read_text())["judged"]
     assert judged["prompts"] == 2 and 0.0 <= judged["judge"] <= 1.0
-    assert 0.0 <= judged["chance"] < 0.5
+    laptop = mini.WORLDS["laptop"]  # the chance level of the world it trained on, not the full
+    assert judged["chance"] == chance_level(2, frames=laptop.frames, **laptop.scene_options())
+    assert judged["chance"] != chance_level(2, frames=laptop.frames)
 
 
 def test_a_recipe_gives_its_arguments_and_later_ones_override_them():
     laptop = mini.parse_args(["--recipe", "laptop"])
-    assert (laptop.world, laptop.batch_size, laptop.steps, laptop.lr) == ("laptop", 32, 5000, 4e-3)
+    assert (laptop.world, laptop.batch_size, laptop.steps, laptop.lr) == ("laptop", 32, 4000, 4e-3)
     shorter = mini.parse_args(["--recipe", "laptop", "--steps", "7", "--out", "x"])
     assert (shorter.steps, shorter.world, str(shorter.out)) == (7, "laptop", "x")
     assert mini.parse_args([]).world == "full"
@@ -194,6 +197,22 @@ def test_the_laptop_world_has_one_object_and_its_own_cache_key():
     assert any(" while " in c for _, c in mini.toy_clips(20, (9,), 32, 32))
     full, laptop = (mini.cache_key(4, mini.WORLDS[w], None) for w in ("full", "laptop"))
     assert full != laptop and "max_objects" not in full  # older full-world caches stay valid
+    assert {"colours", "sizes", "bucket_frames"}.isdisjoint(full)
+
+
+def test_the_laptop_world_draws_only_its_colours_and_sizes_at_its_length(tmp_path):
+    world = mini.WORLDS["laptop"]
+    clips = list(mini.toy_clips(40, world.lengths, 32, 32, **world.scene_options()))
+    words = [caption.split() for _, caption in clips]
+    assert {w[2] for w in words} == set(world.colours) and {w[1] for w in words} == {"large"}
+    assert {video.shape[1] for video, _ in clips} == {13}
+    mini.main(
+        ["--world", "laptop", "--clips", "3", "--steps", "1", "--batch-size", "2"]
+        + ["--out", str(tmp_path)]
+    )
+    dataset = mini.LatentDataset.from_state_dict(load_checkpoint(tmp_path / mini.CACHE_NAME))
+    assert {c.bucket.frames for c in dataset.clips} == {13}  # kept whole, not cut to 9
+    assert {c.mean.shape[1] for c in dataset.clips} == {4}  # 1 + 12 / 4 latent frames
 
 
 def test_ship_only_a_finished_run_and_say_what_is_replaced(tmp_path):

@@ -71,6 +71,24 @@ def test_train_split_never_shows_a_held_out_pair_and_held_out_always_does():
         sample_scene(0, split="test")
 
 
+def test_a_smaller_world_draws_only_its_colours_and_sizes_in_every_split():
+    kept = {"colours": ("green", "red"), "sizes": ("large",)}
+    for split in ("all", "train", "held_out"):
+        for seed in range(100):
+            for o in sample_scene(seed, 2, split, **kept).objects:
+                assert o.colour in kept["colours"] and o.size == "large", (split, seed, o)
+    held = {sample_scene(s, 1, "held_out", **kept).objects[0].colour for s in range(50)}
+    assert held == {"green", "red"}  # the held-out pairs of the colours kept
+    with pytest.raises(ValueError, match="colours: expected distinct names"):
+        sample_scene(0, colours=("red", "cyan"))
+    with pytest.raises(ValueError, match="sizes: expected distinct names"):
+        sample_scene(0, sizes=())
+    with pytest.raises(ValueError, match="max_objects"):  # two colours hold two objects at most
+        sample_scene(0, 3, **kept)
+    with pytest.raises(ValueError, match="no held_out split"):
+        sample_scene(0, split="held_out", colours=("white",))
+
+
 def test_parse_caption():
     assert parse_caption("A small red circle moves left while a large blue square moves up") == [
         ("small", "red", "circle", "left"),

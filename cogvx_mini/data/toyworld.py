@@ -24,7 +24,7 @@ import math
 import random
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,38 +94,61 @@ HELD_OUT: frozenset[tuple[str, str]] = frozenset(
 SPLITS = ("all", "train", "held_out")
 
 
+def _kept_names(name: str, chosen: Sequence[str] | None, known) -> list[str]:
+    """``chosen`` (``None``: every name in ``known``), sorted, after checking that it names only
+    known entries, each once, and at least one."""
+    if chosen is None:
+        return sorted(known)
+    unknown = [c for c in chosen if c not in known]
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise ValueError(f"{name}: expected distinct names among {sorted(known)}, got {chosen!r}")
+    return sorted(chosen)
+
+
 def sample_scene(
-    seed: int, max_objects: int = 3, split: str = "all", new_shape: str | None = None
+    seed: int,
+    max_objects: int = 3,
+    split: str = "all",
+    new_shape: str | None = None,
+    colours: Sequence[str] | None = None,
+    sizes: Sequence[str] | None = None,
 ) -> ToyScene:
     """Draw a scene deterministically from ``seed`` with 1..``max_objects`` objects.
 
     ``split="all"`` draws freely; ``"train"`` never pairs a colour with a direction of
     ``HELD_OUT`` (such a direction is redrawn among the others); ``"held_out"`` makes the first
     object one of the ``HELD_OUT`` pairs. ``new_shape`` (one of ``NEW_SHAPES``) gives the first
-    object of that same scene this shape; nothing else changes.
+    object of that same scene this shape; nothing else changes. ``colours`` and ``sizes`` (names
+    of ``COLOURS`` and ``SIZES``; ``None``: all) are the ones objects are drawn from, for a
+    smaller world; with both ``None`` every seed draws the scene it always drew.
     """
     if split not in SPLITS:
         raise ValueError(f"expected split in {SPLITS}, got {split!r}")
     if new_shape is not None and new_shape not in NEW_SHAPES:
         raise ValueError(f"new_shape: expected one of {list(NEW_SHAPES)}, got {new_shape!r}")
+    palette = _kept_names("colours", colours, COLOURS)
+    size_names = _kept_names("sizes", sizes, SIZES)
+    held_out = sorted(pair for pair in HELD_OUT if pair[0] in palette)
+    if split == "held_out" and not held_out:
+        raise ValueError(f"colours: none of {palette} has a held-out pair, so no held_out split")
     integer("seed", seed)
-    integer("max_objects", max_objects, 1, len(COLOURS))
+    integer("max_objects", max_objects, 1, len(palette))
     rng = random.Random(seed)
     n = rng.randint(1, max_objects)
     if split == "held_out":
-        first_colour, first_direction = rng.choice(sorted(HELD_OUT))
-        others = rng.sample(sorted(set(COLOURS) - {first_colour}), n - 1)
-        colours = [first_colour, *others]
+        first_colour, first_direction = rng.choice(held_out)
+        others = rng.sample(sorted(set(palette) - {first_colour}), n - 1)
+        drawn = [first_colour, *others]
     else:
-        colours = rng.sample(sorted(COLOURS), n)
+        drawn = rng.sample(palette, n)
     objects = []
-    for i, colour in enumerate(colours):
+    for i, colour in enumerate(drawn):
         direction = rng.choice(sorted(DIRECTIONS))
         if split == "held_out" and i == 0:
             direction = first_direction
         elif split == "train" and (colour, direction) in HELD_OUT:
             direction = rng.choice(sorted(d for d in DIRECTIONS if (colour, d) not in HELD_OUT))
-        size = rng.choice(sorted(SIZES))
+        size = rng.choice(size_names)
         dy, dx = DIRECTIONS[direction]
         lo = SIZES[size] + 0.02
         # Pick the start so that the whole path stays inside the frame.
@@ -455,10 +478,16 @@ def chance_level(
     frames: int = 17,
     size: int = 64,
     first_seed: int = 10_000,
+    colours: Sequence[str] | None = None,
+    sizes: Sequence[str] | None = None,
 ) -> float:
     """The judge's mean score of real clips each judged against the next scene's caption: what a
-    model that draws perfect scenes but ignores the text would score on scenes of this kind."""
-    scenes = [sample_scene(first_seed + i, max_objects) for i in range(count + 1)]
+    model that draws perfect scenes but ignores the text would score on scenes of this kind
+    (``colours``, ``sizes``: as in :func:`sample_scene`)."""
+    scenes = [
+        sample_scene(first_seed + i, max_objects, colours=colours, sizes=sizes)
+        for i in range(count + 1)
+    ]
     return (
         sum(
             judge(render(scene, frames, size, size), other.caption)

@@ -32,7 +32,6 @@ from cogvx_mini.image_to_video import generate_from_image, image_condition
 from cogvx_mini.training.objective import DiffusionBatch, Objective
 from cogvx_mini.training.step import NonFiniteLossError
 from cogvx_mini.training.train import (
-    MINI_BUCKETS,
     WORLDS,
     LatentDataset,
     TrainConfig,
@@ -130,9 +129,9 @@ def build_i2v_dataset(
 
     world = WORLDS["full"]
     encoder = FirstFrameBeside(load_mini_vae(vae_weights).to(device))
-    clips = toy_clips(count, world.lengths, max_objects=world.max_objects)
+    clips = toy_clips(count, world.lengths, **world.scene_options())
     text = ToyTextEncoder(dim=text_shape[1], max_length=text_shape[0])
-    return cache_latents(clips, encoder, text, MINI_BUCKETS, latent_scale, progress=progress)
+    return cache_latents(clips, encoder, text, world.buckets, latent_scale, progress=progress)
 
 
 def start_kept(video: torch.Tensor, real: torch.Tensor, caption: str, tolerance: float) -> list:

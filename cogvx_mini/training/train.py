@@ -183,25 +183,49 @@ class LatentDataset:
 @dataclass(frozen=True)
 class World:
     """Which toy-world scenes a run trains on: up to ``max_objects`` objects per scene, clips of
-    the ``lengths`` (frames) in ``lengths``; with ``new_shape`` (one of ``NEW_SHAPES``, a concept
-    outside the world), the first object of a ``new_shape_share`` of the scenes is drawn as it.
-    ``frames`` is the length it is judged at."""
+    the ``lengths`` (frames) in ``lengths``, frame-packed into buckets of ``bucket_frames``
+    frames; objects of the ``colours`` and ``sizes`` named (``None``: all); with ``new_shape``
+    (one of ``NEW_SHAPES``, a concept outside the world), the first object of a
+    ``new_shape_share`` of the scenes is drawn as it. ``frames`` is the length it is judged at."""
 
     max_objects: int
     lengths: tuple[int, ...]
     new_shape: str | None = None
     new_shape_share: float = 1.0
+    colours: tuple[str, ...] | None = None
+    sizes: tuple[str, ...] | None = None
+    bucket_frames: tuple[int, ...] = (9, 17)  # at 64x64: 3 and 5 latent frames
 
     @property
     def frames(self) -> int:
         return max(self.lengths)
 
+    @property
+    def buckets(self) -> tuple[Bucket, ...]:
+        return tuple(Bucket(n, 64, 64) for n in self.bucket_frames)
+
+    def scene_options(self) -> dict:
+        """The keyword arguments of ``toyworld.sample_scene`` (and of the functions that draw
+        scenes through it) that make its scenes this world's."""
+        return {"max_objects": self.max_objects, "colours": self.colours, "sizes": self.sizes}
+
 
 WORLDS = {
     # The shipped model's world: 1-3 objects, clips of 9-21 frames (frame-packed into buckets).
     "full": World(max_objects=3, lengths=(9, 13, 17, 21)),
-    # What two laptop cores can learn in minutes: one object, 9-frame clips (3 latent frames).
-    "laptop": World(max_objects=1, lengths=(9,)),
+    # What two laptop cores can learn in minutes: one large object in red, green or blue (three
+    # of the four attributes keep all their values), 13-frame clips (4 latent frames). At 9
+    # frames an object moves twice as far per frame as at 17, and the mini VAE, trained on 17,
+    # draws them worse (its reconstructions' judge ~0.85, against 1.00 at 13 and 17 frames);
+    # 13 frames cost 1.2x a 9-frame step. A GPU sweep of the recipe at the laptop's step count
+    # (tools/laptop_sweep.py, book/data/laptop_sweep.json) chose it.
+    "laptop": World(
+        max_objects=1,
+        lengths=(13,),
+        colours=("blue", "green", "red"),
+        sizes=("large",),
+        bucket_frames=(13,),
+    ),
     # A concept the shipped model never saw, for a LoRA fine-tune of it (chapter 9): the full
     # world's scenes, three in four with the first object a diamond. The others keep what the
     # model knows (prior preservation): trained on diamonds alone, it draws the first object of
@@ -221,17 +245,19 @@ def toy_clips(
     max_objects: int = 3,
     new_shape: str | None = None,
     new_shape_share: float = 1.0,
+    colours: Sequence[str] | None = None,
+    sizes: Sequence[str] | None = None,
 ):
     """Toy-world clips ``([3, T, H, W], caption)`` of mixed durations, deterministic by seed
     (``new_shape``: the first object of a ``new_shape_share`` of the scenes, drawn by seed, in
-    this new shape)."""
+    this new shape; ``colours``, ``sizes``: as in ``toyworld.sample_scene``)."""
     from cogvx_mini.data.toyworld import render, sample_scene
 
     if not 0.0 <= new_shape_share <= 1.0:
         raise ValueError(f"new_shape_share: expected a share in [0, 1], got {new_shape_share}")
     for seed in range(first_seed, first_seed + count):
         new = new_shape if random.Random(seed * 104_729 + 3).random() < new_shape_share else None
-        scene = sample_scene(seed, max_objects, split=split, new_shape=new)
+        scene = sample_scene(seed, max_objects, split, new, colours, sizes)
         length = lengths[random.Random(seed * 7919 + 1).randrange(len(lengths))]
         yield render(scene, length, height, width), scene.caption
 
@@ -611,10 +637,6 @@ def maybe_save(
         save_checkpoint(state | {"latent_scale": dataset.latent_scale}, path)
 
 
-# The mini runs' frame-pack buckets: 9- and 17-frame clips at 64x64 (3 and 5 latent frames).
-MINI_BUCKETS = (Bucket(9, 64, 64), Bucket(17, 64, 64))
-
-
 def cache_key(
     clips: int, world: World, vae_weights: Path | None, text_shape: tuple[int, int] = (32, 64)
 ) -> dict:
@@ -629,6 +651,9 @@ def cache_key(
         key["text_shape"] = list(text_shape)
     if world.new_shape is not None:
         key["new_shape"] = [world.new_shape, world.new_shape_share]
+    for name in ("colours", "sizes", "bucket_frames"):
+        if getattr(world, name) != getattr(WORLDS["full"], name):
+            key[name] = list(getattr(world, name))
     return key
 
 
@@ -650,12 +675,12 @@ def build_mini_dataset(
     clips = toy_clips(
         count,
         world.lengths,
-        max_objects=world.max_objects,
         new_shape=world.new_shape,
         new_shape_share=world.new_shape_share,
+        **world.scene_options(),
     )
     text = ToyTextEncoder(dim=text_shape[1], max_length=text_shape[0])
-    return cache_latents(clips, vae, text, MINI_BUCKETS, progress=progress)
+    return cache_latents(clips, vae, text, world.buckets, progress=progress)
 
 
 def cached_dataset(out: Path, key: dict, build: Callable[[], LatentDataset]) -> LatentDataset:
@@ -686,7 +711,7 @@ RECIPES = {
     # `make train` and chapter 7: what two laptop cores learn in about 14 minutes. One-object
     # captions are 6 words: 8 text tokens instead of 32 make each step ~35% cheaper.
     "laptop": (
-        "--world laptop --clips 4000 --batch-size 32 --steps 5000 --lr 4e-3 --threads 2 "
+        "--world laptop --clips 3000 --batch-size 32 --steps 4000 --lr 4e-3 --threads 2 "
         "--judge-prompts 64 --model max_text_len=8"
     ).split(),
 }
@@ -915,9 +940,7 @@ def judge_trained(weights: Path, world: World, args) -> dict:
     from cogvx_mini.pipeline import MINI_GUIDANCE, concept_scores, evaluation_prompts, load_mini
 
     n = args.judge_prompts
-    prompts = evaluation_prompts(
-        "train", n, max_objects=world.max_objects, new_shape=world.new_shape
-    )
+    prompts = evaluation_prompts("train", n, new_shape=world.new_shape, **world.scene_options())
     models = {"after": weights}
     if world.new_shape is not None and args.init_from is not None:
         models = {"before": args.init_from, **models}
@@ -927,7 +950,7 @@ def judge_trained(weights: Path, world: World, args) -> dict:
     }
     judged = {
         "judge": scores["after"]["judge"],
-        "chance": chance_level(n, world.max_objects, world.frames),
+        "chance": chance_level(n, frames=world.frames, **world.scene_options()),
         "prompts": n,
         "guidance": MINI_GUIDANCE,
     }
