@@ -21,10 +21,11 @@ demo: $(STAMP)
 	$(BIN)/python -m cogvx_mini.demo --out $(OUT)/demo
 
 # Train the small CPU model (TransformerConfig.mini(), 4 layers of width 128) on the laptop world
-# (one object per scene, 9-frame clips): what two laptop cores learn in about 14 minutes. Writes
-# $(OUT)/train and judges the model on 64 unseen prompts of that world, beside the chance level;
-# the shipped full-world model is left alone (make train-gpu replaces it). Ctrl-C saves a
-# checkpoint; the same command resumes. The recipe: RECIPES["laptop"] in training/train.py.
+# (one large red, green or blue object per scene, 13-frame clips): what two laptop cores learn
+# in about 14 minutes. Writes $(OUT)/train and judges the model on 64 unseen prompts of that
+# world, beside the chance level; the shipped full-world model is left alone (make train-gpu
+# replaces it). Ctrl-C saves a checkpoint; the same command resumes. The recipe:
+# RECIPES["laptop"] in training/train.py, chosen by tools/laptop_sweep.py.
 train: $(STAMP)
 	$(BIN)/python -m cogvx_mini.training.train --out $(OUT)/train --device $(DEVICE) \
 		--recipe laptop $(TRAIN_ARGS)
