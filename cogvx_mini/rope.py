@@ -141,22 +141,25 @@ def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
 
 
 def sincos_3d(
-    dim: int, grid: Grid, spatial_scale: float = 1.875, temporal_scale: float = 1.0
+    dim: int,
+    grid: Grid,
+    spatial_scale: float = 1.875,
+    temporal_scale: float = 1.0,
+    positions: Positions | None = None,
 ) -> torch.Tensor:
     """CogVideoX-2B's absolute 3D embedding, float32 ``[t·h·w, dim]``, rows in token order.
 
     Channels: ``dim/4`` for time, then ``3dim/8`` for the column ``w`` and ``3dim/8`` for the row
-    ``h`` (the reference's order). Positions are divided by the interpolation scales: 2B was
-    trained with ``spatial_scale = 1.875``, so its 30 x 45 grid spans rows 0..15.5 and columns
-    0..23.5, the positions of a 16 x 24 grid.
+    ``h`` (the reference's order). Positions (``None``: :func:`positions_extrapolated`, as 2B)
+    are divided by the interpolation scales: 2B was trained with ``spatial_scale = 1.875``, so
+    its 30 x 45 grid spans rows 0..15.5 and columns 0..23.5, the positions of a 16 x 24 grid.
     """
     if dim % 16:
         raise ValueError(f"expected a width divisible by 16 for the 3D sincos embedding, got {dim}")
     t, h, w = grid
     d_t, d_s = dim // 4, 3 * dim // 4
-    pos_t = torch.arange(t, dtype=torch.float32) / temporal_scale
-    pos_h = torch.arange(h, dtype=torch.float32) / spatial_scale
-    pos_w = torch.arange(w, dtype=torch.float32) / spatial_scale
+    pos_t, pos_h, pos_w = positions_extrapolated(grid) if positions is None else positions
+    pos_t, pos_h, pos_w = pos_t / temporal_scale, pos_h / spatial_scale, pos_w / spatial_scale
     e_t = sincos_1d(d_t, pos_t)[:, None, None, :].expand(t, h, w, d_t)
     e_w = sincos_1d(d_s // 2, pos_w)[None, None, :, :].expand(t, h, w, d_s // 2)
     e_h = sincos_1d(d_s // 2, pos_h)[None, :, None, :].expand(t, h, w, d_s // 2)

@@ -49,7 +49,10 @@ class TransformerConfig:
     Ablation switches: ``positions`` (``rope`` 3D-RoPE as 5B, ``sincos`` absolute as 2B, ``none``),
     ``attention`` (``full`` 3D, or ``2d1d``: layers alternate spatial and temporal attention),
     ``adaln`` (``expert``, ``none`` = one shared modulation, ``mmdit`` = separate weights per
-    modality). ``learned_positions``: an extra stored embedding over ``[text; video]`` for the
+    modality). A grid other than the training grid numbers its positions by ``rope_grid`` for
+    RoPE (5B: squeezed into ``rope_base_grid``) and ``sincos_grid`` for sincos (2B: extended;
+    ``interpolate`` squeezes it into ``rope_base_grid`` as RoPE does, an ablation's switch).
+    ``learned_positions``: an extra stored embedding over ``[text; video]`` for the
     ``base_latent_frames`` x ``rope_base_grid`` grid only (CogVideoX-5B-I2V). ``ofs_embed_dim``:
     a second scalar condition, ``ofs``, embedded like the timestep and added to it (CogVideoX
     1.5-I2V; the released pipelines always pass :data:`OFS_INFERENCE`).
@@ -73,6 +76,7 @@ class TransformerConfig:
     spatial_interpolation_scale: float = 1.875
     temporal_interpolation_scale: float = 1.0
     rope_grid: str = "interpolate"
+    sincos_grid: str = "extrapolate"
     rope_base_grid: tuple[int, int] = (30, 45)
     rope_theta: float = 10000.0
     learned_positions: bool = False
@@ -92,6 +96,7 @@ class TransformerConfig:
         choices = {
             "positions": ("rope", "sincos", "none"),
             "rope_grid": ("interpolate", "extrapolate"),
+            "sincos_grid": ("interpolate", "extrapolate"),
             "attention": ("full", "2d1d"),
             "adaln": tuple(ADALN_VARIANTS),
         }
@@ -377,15 +382,16 @@ class CogVideoXTransformer(nn.Module):
         c = self.config
         key = (c.positions, grid, str(device), dtype)
         if key not in self._tables:
+            mapping = c.sincos_grid if c.positions == "sincos" else c.rope_grid
+            if mapping == "interpolate":
+                pos = positions_interpolated(grid, c.rope_base_grid)
+            else:
+                pos = positions_extrapolated(grid)
             if c.positions == "sincos":
                 table = sincos_3d(
-                    c.dim, grid, c.spatial_interpolation_scale, c.temporal_interpolation_scale
+                    c.dim, grid, c.spatial_interpolation_scale, c.temporal_interpolation_scale, pos
                 ).to(device=device, dtype=dtype)
             elif c.positions == "rope":
-                if c.rope_grid == "interpolate":
-                    pos = positions_interpolated(grid, c.rope_base_grid)
-                else:
-                    pos = positions_extrapolated(grid)
                 cos, sin = rope_3d(c.head_dim, grid, pos, c.rope_theta)
                 table = (cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype))
             else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 import torch
@@ -68,6 +70,11 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def _seed_count(m: dict) -> int:
+    """Seeds behind a summary (results written before ``summary`` stored ``n``: its values)."""
+    return m["n"] if "n" in m else sum(math.isfinite(v) for v in m["values"])
+
+
 def load_results(out: str | Path = "book/ablations") -> dict[str, dict]:
     """The committed results: ``{name: result}`` for every ``<name>.json`` under ``out``."""
     out = Path(out)
@@ -79,32 +86,48 @@ def load_results(out: str | Path = "book/ablations") -> dict[str, dict]:
 
 
 def verdict(result: dict) -> list[dict]:
-    """Per primary metric: the paper's choice (the first arm) against the best other arm.
+    """Per primary metric: the paper's choice (the first arm) against the best other arm, or,
+    where the result names ``contrasts`` (``[[arm, other], ...]``), each arm against its other.
 
-    ``agrees`` when the paper's arm is better by more than the two spreads (std over seeds)
+    ``agrees`` when the (paper's) arm is better by more than the two spreads (std over seeds)
     added, ``disagrees`` when it is worse by that much, else ``within spread``."""
-    arms = list(result["arms"].items())
-    (chosen, a), others = arms[0], arms[1:]
-    rows = []
-    for metric in result["primary"]:
-        higher = result["higher_is_better"][metric]
-        sign = 1.0 if higher else -1.0
-        ma = a["metrics"][metric]
+    arms = result["arms"]
+    first = next(iter(arms))
+    pairs = result.get("contrasts") or [[first, None]]
+    return [verdict_row(result, metric, a, b) for a, b in pairs for metric in result["primary"]]
+
+
+def verdict_row(result: dict, metric: str, chosen: str, other: str | None) -> dict:
+    """One row of :func:`verdict`: ``chosen`` against ``other`` (``None``: the best other)."""
+    higher = result["higher_is_better"][metric]
+    sign = 1.0 if higher else -1.0
+    ma = result["arms"][chosen]["metrics"][metric]
+    if other is None:
         name, mb = max(
-            ((n, o["metrics"][metric]) for n, o in others), key=lambda x: sign * x[1]["mean"]
+            ((n, o["metrics"][metric]) for n, o in result["arms"].items() if n != chosen),
+            key=lambda x: sign * x[1]["mean"],
         )
-        gap = sign * (ma["mean"] - mb["mean"])
-        spread = ma["std"] + mb["std"] + 1e-6 * abs(ma["mean"])  # equal values tie
-        outcome = "agrees" if gap > spread else "disagrees" if gap < -spread else "within spread"
-        rows.append(
-            {
-                "metric": metric,
-                "paper_choice": chosen,
-                "paper_choice_value": f"{ma['mean']:.4g} ± {ma['std']:.2g}",
-                "best_other": name,
-                "best_other_value": f"{mb['mean']:.4g} ± {mb['std']:.2g}",
-                "better": "higher" if higher else "lower",
-                "outcome": outcome,
-            }
-        )
-    return rows
+    else:
+        name, mb = other, result["arms"][other]["metrics"][metric]
+    gap = sign * (ma["mean"] - mb["mean"])
+    spread = ma["std"] + mb["std"] + 1e-6 * abs(ma["mean"])  # equal values tie
+    outcome = "agrees" if gap > spread else "disagrees" if gap < -spread else "within spread"
+    return {
+        "metric": metric,
+        "paper_choice": chosen,
+        "paper_choice_value": f"{ma['mean']:.4g} ± {ma['std']:.2g}",
+        "best_other": name,
+        "best_other_value": f"{mb['mean']:.4g} ± {mb['std']:.2g}",
+        "better": "higher" if higher else "lower",
+        "outcome": outcome,
+        "detectable": detectable_difference(ma, mb),
+    }
+
+
+def detectable_difference(a: dict, b: dict, power: float = 0.8) -> float:
+    """The true difference that the verdict rule calls with probability ``power`` for two arms'
+    summaries (chapter 10's power statement): ``σ (2 + z_power √(2/n))``, with ``σ`` the mean of
+    their seed standard deviations and ``n`` the smaller seed count."""
+    n = max(1, min(_seed_count(a), _seed_count(b)))
+    z = statistics.NormalDist().inv_cdf(power)
+    return (a["std"] + b["std"]) / 2 * (2 + z * math.sqrt(2 / n))

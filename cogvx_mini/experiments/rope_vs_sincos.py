@@ -1,5 +1,6 @@
-"""Ablation ``rope_vs_sincos``: 3D-RoPE against 3D sincos absolute positions: loss curves and the
-loss at a length and a resolution never seen in training."""
+"""Ablation ``rope_vs_sincos``: 3D-RoPE against 3D sincos absolute positions, each with unseen
+grids extrapolated and interpolated: loss curves and the loss at a length and a resolution never
+seen in training."""
 
 from __future__ import annotations
 
@@ -49,10 +50,23 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
             size=big,
         ),
     }
+    # Two factors: the position scheme, and how a grid other than the training grid is numbered
+    # (extended, as CogVideoX trains both; or squeezed into the training grid). Each scheme is
+    # compared with the other under the same numbering, and each numbering within a scheme.
     arms = {
-        "3d_rope": {"config": common.mini(positions="rope"), "setting": {"positions": "rope"}},
-        "sincos": {"config": common.mini(positions="sincos"), "setting": {"positions": "sincos"}},
+        f"{name}_{grid}": {
+            "config": common.mini(positions=positions, rope_grid=grid, sincos_grid=grid),
+            "setting": {"positions": positions, "unseen grids": grid + "d"},
+        }
+        for grid in ("extrapolate", "interpolate")
+        for name, positions in (("3d_rope", "rope"), ("sincos", "sincos"))
     }
+    contrasts = [
+        ["3d_rope_extrapolate", "sincos_extrapolate"],
+        ["3d_rope_interpolate", "sincos_interpolate"],
+        ["3d_rope_extrapolate", "3d_rope_interpolate"],
+        ["sincos_extrapolate", "sincos_interpolate"],
+    ]
 
     def evaluate(arm, model, run_, seed):
         m = {k: common.eval_loss(model, d, budget.eval_timesteps, device) for k, d in evals.items()}
@@ -64,6 +78,7 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         "arms": common.diffusion_ablation(
             budget, seeds, device, arms, lambda a: train, evaluate, log
         ),
+        "contrasts": contrasts,
         "primary": ["eval_loss_seen", "eval_loss_longer", "eval_loss_larger"],
         "higher_is_better": {k: False for k in evals},
         "eval": f"train {budget.frames}x{budget.size}x{budget.size}; unseen length "
