@@ -8,6 +8,7 @@ after warm-up, no checkpoints, the raw weights evaluated) or ``cogvx_mini.traini
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -280,18 +281,26 @@ def judged_generations(
     frames: int | None = None,
 ) -> dict[str, float]:
     """Generate ``budget.prompts`` videos for unseen training-split captions and read them with
-    the judge: mean text-alignment score, share of objects moving the captioned way, and the
-    position tracks' RMS distance (pixels) from a constant-velocity line (large-motion
-    consistency: an object that jumps or stalls scores high)."""
-    from cogvx_mini.data.toyworld import judge_details
-    from cogvx_mini.pipeline import evaluation_prompts, generate
+    both judges: mean text-alignment score (the judge's and the strict judge's, which also
+    fails an object that breaks up, merges, changes shape or size, or jumps), the feature
+    distance of the videos from real clips of the same captions (:func:`feature_distance`,
+    lower is better), share of objects
+    moving the captioned way, and the position tracks' RMS distance (pixels) from a
+    constant-velocity line (large-motion consistency: an object that jumps or stalls scores
+    high)."""
+    from cogvx_mini.data.strict_judge import strict_judge
+    from cogvx_mini.data.toyworld import judge_details, render, sample_scene
+    from cogvx_mini.pipeline import generate
 
     pipe = _pipeline(model, data, budget, device)
-    prompts = evaluation_prompts("train", budget.prompts, first_seed=10_000 + 97 * seed)
+    frames = frames or budget.frames
+    first = 10_000 + 97 * seed  # the evaluation prompts' seeds (cogvx_mini.pipeline's)
+    scenes = [sample_scene(first + i, split="train") for i in range(budget.prompts)]
+    prompts = [scene.caption for scene in scenes]
     videos = generate(
         prompts,
         pipe,
-        frames=frames or budget.frames,
+        frames=frames,
         height=budget.size,
         width=budget.size,
         steps=budget.sample_steps,
@@ -299,19 +308,42 @@ def judged_generations(
         seed=seed,
         progress=False,
     )
-    scores, moving, residuals = [], [], []
+    scores, strict, moving, residuals = [], [], [], []
     for video, prompt in zip(videos, prompts, strict=True):
         verdict = judge_details(video, prompt)
         scores.append(verdict.score)
+        strict.append(strict_judge(video, prompt))
         for obj in verdict.objects:
             moving.append(float(obj.direction_ok))
             if len(obj.track) >= 3:
                 residuals.append(track_residual(obj.track))
+    real = [render(scene, frames, budget.size, budget.size) for scene in scenes]
     return {
         "judge_score": sum(scores) / len(scores),
+        "strict_judge_score": sum(strict) / len(strict),
+        "feature_distance": feature_distance(list(videos), real),
         "direction_ok": sum(moving) / max(len(moving), 1),
         "track_residual_px": sum(residuals) / len(residuals) if residuals else math.nan,
     }
+
+
+def feature_distance(generated: list[torch.Tensor], real: list[torch.Tensor]) -> float:
+    """The FVD analogue: Fréchet distance between the shipped toy-video feature network's
+    features of ``generated`` and of ``real`` clips (each ``[3, T, H, W]``); NaN for fewer than
+    two clips a side (no covariance)."""
+    from cogvx_mini.data.video_features import frechet_distance, video_features
+
+    if min(len(generated), len(real)) < 2:
+        return math.nan
+    net = _feature_network()
+    return frechet_distance(video_features(net, generated), video_features(net, real))
+
+
+@functools.cache
+def _feature_network():
+    from cogvx_mini.data.video_features import load_video_features
+
+    return load_video_features()
 
 
 @torch.no_grad()

@@ -3,6 +3,8 @@ temporal attention: loss, the judge's position tracks of generated motion, loss 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cogvx_mini.experiments import common
 
 CLAIM = (
@@ -10,11 +12,22 @@ CLAIM = (
 )
 
 
+# Deep and long enough for the relay argument to bite: 9 latent frames, and 8 layers, so that
+# 2D+1D (4 spatial + 4 temporal) must pass an object's motion along over several hops, where
+# full attention links every pair of tokens in each layer.
+LAYERS = 8
+FRAMES = 33  # 1 + 4 * 8: 9 latent frames
+
+
 def run(budget: common.Budget, seeds, device, log) -> dict:
+    budget = replace(budget, frames=FRAMES)
     train, held = common.train_and_held(budget, device)
     arms = {
-        "3d_full": {"config": common.mini(attention="full"), "setting": {"attention": "full"}},
-        "2d_plus_1d": {"config": common.mini(attention="2d1d"), "setting": {"attention": "2d1d"}},
+        name: {
+            "config": common.mini(attention=kind, num_layers=LAYERS),
+            "setting": {"attention": kind, "layers": LAYERS, "frames": FRAMES},
+        }
+        for name, kind in (("3d_full", "full"), ("2d_plus_1d", "2d1d"))
     }
 
     def evaluate(arm, model, run_, seed):
@@ -32,6 +45,7 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
             "track_residual_px": False,
             "direction_ok": True,
         },
-        "eval": "position tracks of generated objects (every toy object moves 45% of the frame)",
+        "eval": f"{FRAMES}-frame clips, {LAYERS} layers; position tracks of generated objects "
+        "(every toy object moves 45% of the frame)",
         "vae": train.meta["vae"],
     }
