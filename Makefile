@@ -105,11 +105,14 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab chapters
 
 # The paper's ablations in miniature (chapter 10): JSON + PNG under book/ablations/.
-# On a GPU: make ablations BUDGET=full DEVICE=cuda
+# On a GPU: make ablations BUDGET=full DEVICE=cuda PARALLEL=3 (each seed in its own process:
+# one mini training is bound by its host, so one GPU runs several at once).
 BUDGET ?= small
 DEVICE ?= cpu
+PARALLEL ?= 1
 ablations: $(STAMP)
-	$(BIN)/python -m cogvx_mini.experiments all --budget $(BUDGET) --device $(DEVICE) --out book/ablations
+	$(BIN)/python -m cogvx_mini.experiments all --budget $(BUDGET) --device $(DEVICE) \
+		--parallel $(PARALLEL) --out book/ablations
 
 # The data pipeline in miniature (chapter 11): book/data/curation.json + PNGs. The CPU budget
 # takes minutes on one thread; on a GPU: make curation CURATION_BUDGET=gpu DEVICE=cuda

@@ -186,3 +186,24 @@ def test_2d_plus_1d_needs_several_hops_in_its_design():
     assert full["config"]["num_layers"] == split["config"]["num_layers"] == 8
     assert full["setting"]["frames"] == 33 and full["parameters"] == split["parameters"]
     assert (full["config"]["attention"], split["config"]["attention"]) == ("full", "2d1d")
+
+
+def test_seeds_run_in_processes_merge_into_the_result_of_one_run(tmp_path):
+    one = run("explicit_uniform_sampling", "tiny", seeds=[0, 1], log=lambda s: None)
+    main(
+        ["explicit_uniform_sampling", "--budget", "tiny", "--seeds", "0", "1"]
+        + ["--parallel", "2", "--out", str(tmp_path)]
+    )
+    merged = json.loads((tmp_path / "explicit_uniform_sampling.json").read_text())
+    assert merged["seeds"] == [0, 1] and len(merged["seconds_per_seed"]) == 2
+    for arm, a in one["arms"].items():
+        b = merged["arms"][arm]
+        for x, y in zip(b["loss_curves"], a["loss_curves"], strict=True):  # same seeds, same runs
+            assert x == pytest.approx(y, rel=1e-5)
+        assert len(b["loss_per_timestep_bucket"]) == 2
+        for metric, m in a["metrics"].items():
+            # (rel 1e-4: the children run on one thread, this process on more)
+            assert b["metrics"][metric]["values"] == pytest.approx(m["values"], rel=1e-4)
+            assert b["metrics"][metric]["std"] == pytest.approx(m["std"], rel=1e-2, abs=1e-6)
+    with pytest.raises(ValueError, match="one ablation"):
+        registry.merge_seeds([merged, dict(merged, name="frame_pack")])

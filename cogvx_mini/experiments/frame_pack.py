@@ -84,13 +84,7 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
 
     out = common.diffusion_ablation(budget, seeds, device, arms, data.__getitem__, evaluate, log)
     for arm, d in data.items():
-        used = sum(4 * (c.mean.shape[1] - 1) + 1 for c in d.clips)
-        out[arm]["data_used"] = {
-            "clips": len(d.clips),
-            "of_clips": budget.clips,
-            "frames": used,  # black_padding: its black frames included
-            "of_frames": frames_available,
-        }
+        out[arm]["data_used"] = data_used(d, budget.clips, frames_available)
     return {
         "arms": out,
         "judge_ceiling": common.judge_ceiling(held, budget, device),
@@ -103,3 +97,9 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         "eval": f"clips of {lengths} frames; buckets {f} and {long_f}; generations of {long_f}",
         "vae": packed.meta["vae"],
     }
+
+
+def data_used(data: LatentDataset, clips: int, frames: int) -> dict:
+    """How much of the ``clips`` scenes (``frames`` frames in all) an arm trains on."""
+    used = sum(4 * (c.mean.shape[1] - 1) + 1 for c in data.clips)  # black padding included
+    return {"clips": len(data.clips), "of_clips": clips, "frames": used, "of_frames": frames}

@@ -73,6 +73,72 @@ def run(
 
 
 # ---------------------------------------------------------------------------------------------
+# One process per seed (a GPU runs many mini trainings at once: each is bound by its host)
+
+
+def merge_seeds(results: Sequence[dict]) -> dict:
+    """The result of one ablation over every seed, from results of the same ablation and budget
+    over disjoint seeds: per-seed lists are joined and the metrics summarised again; what does
+    not depend on the seed (settings, parameter counts, judge ceilings) is the first result's.
+    ``seconds`` is the longest run's (they ran at once); ``seconds_per_seed`` keeps each."""
+    from cogvx_mini.experiments.common import summary
+
+    first = results[0]
+    if len({r["name"] for r in results}) != 1 or len({r["budget"] for r in results}) != 1:
+        raise ValueError("expected results of one ablation and one budget")
+    per_run = [len(r["seeds"]) for r in results]
+    merged = dict(first, seeds=[s for r in results for s in r["seeds"]])
+    merged["seconds"] = max(r["seconds"] for r in results)
+    merged["seconds_per_seed"] = [r["seconds"] for r in results]
+    merged["budget_settings"] = dict(first["budget_settings"], seeds=merged["seeds"])
+    merged["arms"] = {}
+    for arm, a in first["arms"].items():
+        arms = [r["arms"][arm] for r in results]
+        out = dict(a)
+        for key, value in a.items():
+            if isinstance(value, dict) and "values" in value:  # a summary over seeds
+                out[key] = summary([v for x in arms for v in x[key]["values"]])
+            elif key == "metrics":
+                out[key] = {
+                    m: summary([v for x in arms for v in x[key][m]["values"]]) for m in value
+                }
+            elif isinstance(value, list) and all(
+                len(x[key]) == n for x, n in zip(arms, per_run, strict=True)
+            ):  # one entry per seed
+                out[key] = [item for x in arms for item in x[key]]
+        merged["arms"][arm] = out
+    return merged
+
+
+def run_in_processes(name: str, args: argparse.Namespace, seeds: Sequence[int]) -> dict:
+    """``name`` for each seed in its own process (``args.parallel`` at once, one thread each),
+    the results merged by :func:`merge_seeds`."""
+    import subprocess
+    import sys
+    import tempfile
+
+    base = [sys.executable, "-m", "cogvx_mini.experiments", name, "--budget", args.budget]
+    base += ["--device", args.device, "--threads", "1", "--set", *args.set]
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {seed: Path(tmp) / f"seed{seed}" for seed in seeds}
+        pending, running = list(seeds), []
+        while pending or running:
+            while pending and len(running) < args.parallel:
+                seed = pending.pop(0)
+                log = open(Path(tmp) / f"seed{seed}.log", "w")  # noqa: SIM115 (closed below)
+                cmd = [*base, "--seeds", str(seed), "--out", str(folders[seed])]
+                running.append((seed, log, subprocess.Popen(cmd, stdout=log, stderr=log)))
+            seed, log, proc = running.pop(0)
+            code = proc.wait()
+            log.close()
+            if code:
+                tail = Path(log.name).read_text()[-2000:]
+                raise SystemExit(f"error: {name} with seed {seed} failed:\n{tail}")
+        results = [json.loads((folders[s] / f"{name}.json").read_text()) for s in seeds]
+    return merge_seeds(results)
+
+
+# ---------------------------------------------------------------------------------------------
 # Figures
 
 
@@ -91,6 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("book/ablations"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--plot-only", action="store_true", help="redraw figures from the JSON")
+    p.add_argument(
+        "--parallel", type=int, default=1, help="seeds run at once, one process each (GPU)"
+    )
     p.add_argument(
         "--set",
         nargs="*",
@@ -116,7 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for name in names:
-        result = run(name, budget, args.seeds, args.device, log=lambda s: print(s, flush=True))
+        if args.parallel > 1:
+            result = run_in_processes(name, args, args.seeds or budget.seeds)
+        else:
+            result = run(name, budget, args.seeds, args.device, log=lambda s: print(s, flush=True))
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         figure = plot(result, args.out / f"{name}.png")
         print(

@@ -50,23 +50,7 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
             size=big,
         ),
     }
-    # Two factors: the position scheme, and how a grid other than the training grid is numbered
-    # (extended, as CogVideoX trains both; or squeezed into the training grid). Each scheme is
-    # compared with the other under the same numbering, and each numbering within a scheme.
-    arms = {
-        f"{name}_{grid}": {
-            "config": common.mini(positions=positions, rope_grid=grid, sincos_grid=grid),
-            "setting": {"positions": positions, "unseen grids": grid + "d"},
-        }
-        for grid in ("extrapolate", "interpolate")
-        for name, positions in (("3d_rope", "rope"), ("sincos", "sincos"))
-    }
-    contrasts = [
-        ["3d_rope_extrapolate", "sincos_extrapolate"],
-        ["3d_rope_interpolate", "sincos_interpolate"],
-        ["3d_rope_extrapolate", "3d_rope_interpolate"],
-        ["sincos_extrapolate", "sincos_interpolate"],
-    ]
+    arms, contrasts = position_arms()
 
     def evaluate(arm, model, run_, seed):
         m = {k: common.eval_loss(model, d, budget.eval_timesteps, device) for k, d in evals.items()}
@@ -85,3 +69,25 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         f"{long_frames} frames; unseen resolution {big}x{big}",
         "vae": train.meta["vae"],
     }
+
+
+def position_arms() -> tuple[dict, list[list[str]]]:
+    """Two factors: the position scheme, and how a grid other than the training grid is
+    numbered (extended, as CogVideoX trains both; or squeezed into the training grid). Each
+    scheme is compared with the other under the same numbering, and each numbering within a
+    scheme: ``(arms, contrasts)``."""
+    arms = {
+        f"{name}_{grid}": {
+            "config": common.mini(positions=positions, rope_grid=grid, sincos_grid=grid),
+            "setting": {"positions": positions, "unseen grids": grid + "d"},
+        }
+        for grid in ("extrapolate", "interpolate")
+        for name, positions in (("3d_rope", "rope"), ("sincos", "sincos"))
+    }
+    contrasts = [
+        ["3d_rope_extrapolate", "sincos_extrapolate"],
+        ["3d_rope_interpolate", "sincos_interpolate"],
+        ["3d_rope_extrapolate", "3d_rope_interpolate"],
+        ["sincos_extrapolate", "sincos_interpolate"],
+    ]
+    return arms, contrasts
