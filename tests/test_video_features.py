@@ -7,8 +7,11 @@ from cogvx_mini.data.video_features import (
     attribute_loss,
     attribute_targets,
     frechet_distance,
+    kernel_distance,
     load_video_features,
+    pack_int8,
     toy_batch,
+    unpack_int8,
     video_features,
 )
 
@@ -41,17 +44,29 @@ def test_targets_name_each_colour_present_and_the_loss_ignores_the_absent():
 
 def test_the_shipped_features_tell_real_clips_from_wrong_ones():
     net = load_video_features()
-    scenes = [sample_scene(3_000_000 + i) for i in range(48)]
-    real_a = [render(s, 17, 64, 64) for s in scenes[:24]]
-    real_b = [render(s, 17, 64, 64) for s in scenes[24:]]
-    frozen = [v[:, :1].expand(-1, 17, -1, -1) for v in real_b]  # the same scenes, not moving
-    grey = [v.mean(0, keepdim=True).expand(3, -1, -1, -1) for v in real_b]  # colour lost
-    fa, fb = video_features(net, real_a), video_features(net, real_b)
-    assert fa.shape == (24, net.to_features.out_features)
-    same = frechet_distance(fa, fb)
-    assert same < frechet_distance(fa, video_features(net, frozen))
-    assert same < frechet_distance(fa, video_features(net, grey))
-    small = [torch.nn.functional.interpolate(v, size=(32, 32)) for v in real_b]  # resized inside
-    assert frechet_distance(fb, video_features(net, small)) < frechet_distance(
-        fb, video_features(net, grey)
-    )
+    scenes = [sample_scene(3_000_000 + i) for i in range(96)]
+    real_a = [render(s, 17, 64, 64) for s in scenes[:48]]
+    reference = video_features(net, [render(s, 17, 64, 64) for s in scenes[48:]])
+    frozen = [v[:, :1].expand(-1, 17, -1, -1) for v in real_a]  # not moving
+    grey = [v.mean(0, keepdim=True).expand(3, -1, -1, -1) for v in real_a]  # colour lost
+    small = [torch.nn.functional.interpolate(v, size=(32, 32)) for v in real_a]  # resized inside
+    kid = {
+        name: kernel_distance(video_features(net, videos), reference)
+        for name, videos in [("real", real_a), ("frozen", frozen), ("grey", grey), ("32", small)]
+    }
+    # Unbiased: other real clips (at any resolution) are near 0, wrong ones well above.
+    assert abs(kid["real"]) < 0.15 and abs(kid["32"]) < 0.15, kid
+    assert kid["frozen"] > 0.2 and kid["grey"] > 0.6, kid
+    fd_real = frechet_distance(video_features(net, real_a), reference)
+    assert fd_real < frechet_distance(video_features(net, frozen), reference)
+
+
+def test_int8_weights_round_trip_to_nearly_the_same_network():
+    state = ToyVideoFeatures().state_dict()
+    packed = pack_int8(state)
+    assert packed["convs.0.weight"].dtype == torch.int8 and "convs.0.bias.scale" not in packed
+    unpacked = unpack_int8(packed)
+    assert unpacked.keys() == state.keys()
+    for name, value in state.items():
+        step = value.abs().max() / 127  # at most half a quantisation step off
+        assert (unpacked[name] - value).abs().max() <= step / 2 + 1e-7, name

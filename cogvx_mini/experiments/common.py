@@ -283,7 +283,7 @@ def judged_generations(
     """Generate ``budget.prompts`` videos for unseen training-split captions and read them with
     both judges: mean text-alignment score (the judge's and the strict judge's, which also
     fails an object that breaks up, merges, changes shape or size, or jumps), the feature
-    distance of the videos from real clips of the same captions (:func:`feature_distance`,
+    distances of the videos from real clips of the same captions (:func:`feature_distances`,
     lower is better), share of objects
     moving the captioned way, and the position tracks' RMS distance (pixels) from a
     constant-velocity line (large-motion consistency: an object that jumps or stalls scores
@@ -321,22 +321,25 @@ def judged_generations(
     return {
         "judge_score": sum(scores) / len(scores),
         "strict_judge_score": sum(strict) / len(strict),
-        "feature_distance": feature_distance(list(videos), real),
+        **feature_distances(list(videos), real),
         "direction_ok": sum(moving) / max(len(moving), 1),
         "track_residual_px": sum(residuals) / len(residuals) if residuals else math.nan,
     }
 
 
-def feature_distance(generated: list[torch.Tensor], real: list[torch.Tensor]) -> float:
-    """The FVD analogue: Fréchet distance between the shipped toy-video feature network's
-    features of ``generated`` and of ``real`` clips (each ``[3, T, H, W]``); NaN for fewer than
-    two clips a side (no covariance)."""
-    from cogvx_mini.data.video_features import frechet_distance, video_features
+def feature_distances(generated: list[torch.Tensor], real: list[torch.Tensor]) -> dict:
+    """The FVD analogues of ``generated`` against ``real`` clips (each ``[3, T, H, W]``), on the
+    shipped toy-video feature network's features: ``feature_kid``, the kernel distance
+    (unbiased: ~0 for real against real at any set size), and ``feature_fd``, the Fréchet
+    distance (FVD's own, biased upward by ~1/N at N clips: compare it only at equal N). NaN
+    for fewer than two clips a side."""
+    from cogvx_mini.data.video_features import frechet_distance, kernel_distance, video_features
 
     if min(len(generated), len(real)) < 2:
-        return math.nan
+        return {"feature_kid": math.nan, "feature_fd": math.nan}
     net = _feature_network()
-    return frechet_distance(video_features(net, generated), video_features(net, real))
+    fg, fr = video_features(net, generated), video_features(net, real)
+    return {"feature_kid": kernel_distance(fg, fr), "feature_fd": frechet_distance(fg, fr)}
 
 
 @functools.cache
