@@ -207,3 +207,56 @@ def test_seeds_run_in_processes_merge_into_the_result_of_one_run(tmp_path):
             assert b["metrics"][metric]["std"] == pytest.approx(m["std"], rel=1e-2, abs=1e-6)
     with pytest.raises(ValueError, match="one ablation"):
         registry.merge_seeds([merged, dict(merged, name="frame_pack")])
+
+
+def test_previous_frame_attention_sees_what_each_layer_kind_can_see():
+    from cogvx_mini.data.toyworld import ToyObject, ToyScene
+    from cogvx_mini.experiments.attention_probe import (
+        object_token_masks,
+        previous_frame_attention,
+    )
+    from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+
+    # A large object moving right over 33 frames: 9 latent frames of a 4 x 4 token grid.
+    scene = ToyScene((ToyObject("square", "red", "large", "right", (0.5, 0.25)),))
+    masks = object_token_masks(scene, 33, 64, (9, 4, 4))
+    assert masks.shape == (1, 9, 4, 4) and masks.any(dim=(2, 3)).all()
+    columns = masks[0].any(dim=1).float()  # [t, w]: where the object is, frame by frame
+    centre = (columns * torch.arange(4.0)).sum(1) / columns.sum(1)
+    assert centre[-1] > centre[0]  # it moves right
+    torch.manual_seed(0)
+    latents, text = torch.randn(16, 9, 8, 8), torch.randn(32, 64)
+    for kind in ("full", "2d1d"):
+        model = CogVideoXTransformer(TransformerConfig.mini(attention=kind))
+        for p in model.parameters():  # away from AdaLN-zero's identity start
+            p.data.normal_(0, 0.05)
+        before = model(latents[None], text[None], torch.tensor([500]))
+        layers = previous_frame_attention(model, latents, text, masks)
+        assert torch.equal(model(latents[None], text[None], torch.tensor([500])), before)
+        assert [layer["kind"] for layer in layers] == model.config.layer_kinds
+        for layer in layers:
+            assert 0 <= layer["share"] <= 1 and len(layer["map"]) == 4
+            if layer["kind"] == "spatial":  # a frame's tokens cannot see the previous frame
+                assert layer["share"] == 0 == layer["uniform"]
+            else:
+                assert layer["share"] > 0 and layer["uniform"] > 0
+
+
+def test_modulation_probe_reads_each_arms_adaln():
+    from cogvx_mini.experiments.expert_adaln import PROBE_TIMESTEPS, modulation_probe
+    from cogvx_mini.transformer import CogVideoXTransformer, TransformerConfig
+
+    torch.manual_seed(0)
+    probes = {}
+    for adaln in ("expert", "none", "mmdit"):
+        model = CogVideoXTransformer(TransformerConfig.mini(adaln=adaln))
+        for p in model.parameters():  # away from AdaLN-zero's zero modulations
+            p.data.normal_(0, 0.05)
+        probes[adaln] = modulation_probe(model)
+        assert len(probes[adaln]["norms"]) == 2 * model.config.num_layers
+        for row in probes[adaln]["norms"]:
+            assert all(len(v) == len(PROBE_TIMESTEPS) for v in row.values())
+    # One shared modulation: text and video scales are the same vector; experts differ.
+    shared = [c for row in probes["none"]["norms"] for c in row["scale_cosine"]]
+    expert = [c for row in probes["expert"]["norms"] for c in row["scale_cosine"]]
+    assert min(shared) > 0.9999 and max(expert) < 0.99

@@ -3,8 +3,16 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from cogvx_mini.experiments import common
-from cogvx_mini.transformer import TransformerConfig, count_parameters
+from cogvx_mini.transformer import (
+    CogVideoXTransformer,
+    TransformerConfig,
+    count_parameters,
+    timestep_embedding,
+)
 
 CLAIM = (
     "Expert AdaLN beats a shared AdaLN and matches/beats MMDiT-style separate "
@@ -33,16 +41,52 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         "mmdit": {"config": mmdit, "setting": {"adaln": "mmdit", "ff_mult": mmdit.ff_mult}},
     }
 
+    probes: dict[str, list] = {arm: [] for arm in arms}  # per arm, one entry per seed
+
     def evaluate(arm, model, run_, seed):
         m = {"eval_loss": common.eval_loss(model, held, budget.eval_timesteps, device)}
         m.update(common.judged_generations(model, train, budget, seed, device))
+        probes[arm].append(modulation_probe(model))
         return m
 
+    result = common.arms_and_judge_ceiling(budget, seeds, device, arms, train, evaluate, log)
+    for arm, runs in probes.items():
+        result["arms"][arm]["modulation_probe"] = runs
     return {
-        **common.arms_and_judge_ceiling(budget, seeds, device, arms, train, evaluate, log),
+        **result,
         "primary": ["eval_loss", "judge_score"],
         "higher_is_better": {"eval_loss": False, "judge_score": True},
         "eval": f"{budget.eval_clips} held-out clips; {budget.prompts} generated videos per seed "
         f"({budget.sample_steps} DDIM steps, guidance {budget.guidance}) read by the judge",
         "vae": train.meta["vae"],
     }
+
+
+PROBE_TIMESTEPS = tuple(range(0, 1000, 100))
+
+
+@torch.no_grad()
+def modulation_probe(model: CogVideoXTransformer) -> dict:
+    """What a trained model's AdaLN does per block (each block's two norms, in order) and
+    timestep of ``PROBE_TIMESTEPS``: the cosine between the text and the video scale vectors
+    (1: one modulation serves both, as a shared AdaLN's must) and the two gates' RMS (how much
+    of each modality's branch the block lets through)."""
+    c = model.config
+    device = next(model.parameters()).device
+    ts = torch.tensor(PROBE_TIMESTEPS, device=device)
+    sinusoid = timestep_embedding(ts, c.dim, c.flip_sin_to_cos, c.freq_shift)
+    temb = model.time_embed(sinusoid.to(model.patch_embed.weight.dtype))
+    norms = [norm for block in model.blocks for norm in (block.norm1, block.norm2)]
+    rows = []
+    for norm in norms:
+        chunks = [m[:, 0].float() for m in norm.modulation(temb)]  # each [timesteps, D]
+        _, scale_v, gate_v = chunks[:3]
+        _, scale_t, gate_t = chunks[3:] if len(chunks) == 6 else chunks[:3]
+        rows.append(
+            {
+                "scale_cosine": F.cosine_similarity(scale_t, scale_v, dim=-1).tolist(),
+                "gate_rms_text": gate_t.pow(2).mean(-1).sqrt().tolist(),
+                "gate_rms_video": gate_v.pow(2).mean(-1).sqrt().tolist(),
+            }
+        )
+    return {"timesteps": list(PROBE_TIMESTEPS), "norms": rows}
