@@ -40,8 +40,11 @@ def test_vae_ablation_end_to_end(tmp_path):
     main(["vae_3d_vs_2d", "--budget", "tiny", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "vae_3d_vs_2d.json").read_text())
     assert (tmp_path / "vae_3d_vs_2d.png").stat().st_size > 1000
-    _check_schema(result, ["3d_causal", "2d_per_frame"])
+    _check_schema(result, ["3d_causal", "2d_per_frame", "2d_per_frame_larger_latent"])
     a, b = result["arms"]["3d_causal"], result["arms"]["2d_per_frame"]
+    larger = result["arms"]["2d_per_frame_larger_latent"]
+    assert larger["setting"]["latent_channels"] == a["setting"]["latent_channels"]
+    assert larger["latent_values"] > 2 * a["latent_values"]  # 5 frames in, 2 latent frames
     # The arms really differ in the switched setting: time kernel and temporal compression.
     assert a["setting"]["time_kernel"] == 3 and b["setting"]["time_kernel"] == 1
     assert a["setting"]["temporal_compression"] == 4 and b["setting"]["temporal_compression"] == 1
