@@ -210,6 +210,11 @@ def test_seeds_run_in_processes_merge_into_the_result_of_one_run(tmp_path):
             assert b["metrics"][metric]["std"] == pytest.approx(m["std"], rel=1e-2, abs=1e-6)
     with pytest.raises(ValueError, match="one ablation"):
         registry.merge_seeds([merged, dict(merged, name="frame_pack")])
+    other_steps = dict(merged, budget_settings=dict(merged["budget_settings"], steps=9))
+    with pytest.raises(ValueError, match="one ablation and one budget"):
+        registry.merge_seeds([merged, other_steps])
+    with pytest.raises(ValueError, match="disjoint seeds"):
+        registry.merge_seeds([merged, merged])
 
 
 def test_previous_frame_attention_sees_what_each_layer_kind_can_see():

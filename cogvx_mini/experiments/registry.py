@@ -84,10 +84,14 @@ def merge_seeds(results: Sequence[dict]) -> dict:
     from cogvx_mini.experiments.common import summary
 
     first = results[0]
-    if len({r["name"] for r in results}) != 1 or len({r["budget"] for r in results}) != 1:
+    settings = [json.dumps(dict(r["budget_settings"], seeds=[]), sort_keys=True) for r in results]
+    if len({r["name"] for r in results}) != 1 or len(set(settings)) != 1:
         raise ValueError("expected results of one ablation and one budget")
+    seeds = [s for r in results for s in r["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"expected disjoint seeds, got {seeds}")
     per_run = [len(r["seeds"]) for r in results]
-    merged = dict(first, seeds=[s for r in results for s in r["seeds"]])
+    merged = dict(first, seeds=seeds)
     merged["seconds"] = max(r["seconds"] for r in results)
     merged["seconds_per_seed"] = [r["seconds"] for r in results]
     merged["budget_settings"] = dict(first["budget_settings"], seeds=merged["seeds"])
