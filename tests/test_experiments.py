@@ -268,3 +268,24 @@ def test_modulation_probe_reads_each_arms_adaln():
     shared = [c for row in probes["none"]["norms"] for c in row["scale_cosine"]]
     expert = [c for row in probes["expert"]["norms"] for c in row["scale_cosine"]]
     assert min(shared) > 0.9999 and max(expert) < 0.99
+
+
+def test_a_budget_can_train_and_judge_in_the_laptop_world(monkeypatch):
+    from dataclasses import replace
+
+    from cogvx_mini.training.train import WORLDS
+
+    with pytest.raises(ValueError, match="world: expected one of"):
+        replace(BUDGETS["tiny"], world="moon")
+    budget = replace(BUDGETS["tiny"], world="laptop", prompts=2, evaluate_ema=True)
+    seen = []
+    import cogvx_mini.data.toyworld as toyworld  # judged_generations imports the judge from it
+
+    original = toyworld.judge_details
+    monkeypatch.setattr(toyworld, "judge_details", lambda v, c: seen.append(c) or original(v, c))
+    result = run("expert_adaln", budget, seeds=[0], log=lambda s: None)
+    laptop = WORLDS["laptop"]
+    assert seen and all(" while " not in c and c.split()[1] == "large" for c in seen), seen
+    assert all(c.split()[2] in laptop.colours for c in seen)
+    assert result["budget_settings"]["world"] == "laptop"
+    assert BUDGETS["laptop"].world == "laptop" and BUDGETS["laptop"].evaluate_ema

@@ -31,7 +31,9 @@ def padded_dataset(budget: common.Budget, device: str, lengths, frames: int, sca
     vae, origin = common.latent_vae(budget, device)
     clips = (
         (pad_black(video, frames), caption)
-        for video, caption in toy_clips(budget.clips, lengths, budget.size, budget.size)
+        for video, caption in toy_clips(
+            budget.clips, lengths, budget.size, budget.size, **budget.scene_options()
+        )
     )
     bucket = [Bucket(frames, budget.size, budget.size)]
     data = cache_latents(clips, vae, ToyTextEncoder(), bucket, scale, progress=False)
@@ -63,7 +65,8 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         )
 
     held, held_short = held_out(long_f), held_out(f)
-    frames_available = sum(c[0].shape[1] for c in toy_clips(budget.clips, lengths, 8, 8))
+    scenes = toy_clips(budget.clips, lengths, 8, 8, **budget.scene_options())
+    frames_available = sum(c[0].shape[1] for c in scenes)
     padded = padded_dataset(budget, device, lengths, long_f, scale)
     data = {"frame_pack": packed, "fixed_length": fixed, "black_padding": padded}
     arms = {

@@ -68,7 +68,8 @@ def probe_layers(model, held, budget: common.Budget, clips: int = 4) -> list[dic
 
     runs = []
     for i, clip in enumerate(held.clips[:clips]):
-        scene = sample_scene(common.EVAL_SEED + i, split="train")  # the clip's scene (toy_clips)
+        # the clip's scene, as toy_clips drew it
+        scene = sample_scene(common.EVAL_SEED + i, split="train", **budget.scene_options())
         grid = (clip.mean.shape[1], *(n // model.config.patch_size for n in clip.mean.shape[2:]))
         masks = object_token_masks(scene, budget.frames, budget.size, grid)
         runs.append(
