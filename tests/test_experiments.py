@@ -182,13 +182,20 @@ def test_sincos_can_number_an_unseen_grid_as_rope_does():
     assert len(verdict(result)) == 4 * len(result["primary"])
 
 
-def test_2d_plus_1d_needs_several_hops_in_its_design():
+def test_2d_plus_1d_needs_several_hops_in_its_design(tmp_path):
     result = run("full_vs_2d1d_attention", "tiny", seeds=[0, 1], log=lambda s: None)
     full, split = result["arms"]["3d_full"], result["arms"]["2d_plus_1d"]
     # 8 layers over 9 latent frames: 2D+1D relays motion over 4 spatial + 4 temporal layers.
     assert full["config"]["num_layers"] == split["config"]["num_layers"] == 8
     assert full["setting"]["frames"] == 33 and full["parameters"] == split["parameters"]
     assert (full["config"]["attention"], split["config"]["attention"]) == ("full", "2d1d")
+    assert len(full["attention_probe"]) == 2 and len(full["attention_probe"][0]) == 8
+    figure = plots.plot_probes(result, tmp_path / "probes.png")
+    assert figure.stat().st_size > 1000
+    assert (
+        plots.plot_probes(run("explicit_uniform_sampling", "tiny", [0], log=print), tmp_path)
+        is None
+    )
 
 
 def test_seeds_run_in_processes_merge_into_the_result_of_one_run(tmp_path):

@@ -58,6 +58,49 @@ def plot(result: dict, path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_probes(result: dict, path: str | Path) -> Path | None:
+    """The probes an ablation stored, mean over seeds per arm: the attention an object's
+    tokens give to it in the previous frame per layer (dashed: uniform attention over the keys
+    the layer allows), and the text-vs-video scale cosine per timestep (mean over the norms).
+    Writes ``path`` (PNG) and returns it, or ``None`` when the result holds no probe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [
+        k
+        for k in ("attention_probe", "modulation_probe")
+        if k in next(iter(result["arms"].values()))
+    ]
+    if not kinds:
+        return None
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.6 * len(kinds), 3.4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        for i, (arm, a) in enumerate(result["arms"].items()):
+            if kind == "attention_probe":
+                share = torch.tensor([[layer["share"] for layer in run] for run in a[kind]])
+                even = torch.tensor([[layer["uniform"] for layer in run] for run in a[kind]])
+                layers = torch.arange(1, share.shape[1] + 1)
+                ax.plot(layers, share.nanmean(0), "o-", color=colours[i], label=arm)
+                ax.plot(layers, even.nanmean(0), "--", color=colours[i], lw=0.8)
+                ax.set(
+                    xlabel="layer", ylabel="attention share", title="object -> itself, frame before"
+                )
+            else:
+                cos = torch.tensor(
+                    [[row["scale_cosine"] for row in run["norms"]] for run in a[kind]]
+                )
+                ax.plot(
+                    a[kind][0]["timesteps"], cos.mean((0, 1)), "o-", color=colours[i], label=arm
+                )
+                ax.set(xlabel="timestep", ylabel="cosine", title="text vs video AdaLN scale")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Lay out ``fig``, write it to ``path`` (PNG, the book's resolution) and close it."""
     import matplotlib.pyplot as plt

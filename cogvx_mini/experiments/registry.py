@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         help="budget overrides, e.g. steps=50 batch=4",
     )
     args = p.parse_args(argv)
-    from cogvx_mini.experiments.plots import load_results, plot  # plots reads the registry
+    from cogvx_mini.experiments.plots import load_results, plot, plot_probes  # (reads the registry)
 
     names = ABLATIONS if "all" in args.names else tuple(args.names)
     try:
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, result in load_results(args.out).items():
             if name in names:
                 print(plot(result, args.out / f"{name}.png"))
+                plot_probes(result, args.out / f"{name}_probes.png")
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             result = run(name, budget, args.seeds, args.device, log=lambda s: print(s, flush=True))
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
         figure = plot(result, args.out / f"{name}.png")
+        plot_probes(result, args.out / f"{name}_probes.png")
         print(
             f"{name}: {result['seconds']:.0f} s -> {args.out / (name + '.json')}, {figure} "
             f"(total {time.perf_counter() - start:.0f} s)",
