@@ -163,7 +163,7 @@ def _check_generate_args(prompts, negative_prompt, pipe, frames, height, width, 
     return prompts
 
 
-def evaluation_prompts(
+def evaluation_scenes(
     split: str,
     count: int,
     first_seed: int = 10_000,
@@ -171,17 +171,23 @@ def evaluation_prompts(
     new_shape: str | None = None,
     colours: Sequence[str] | None = None,
     sizes: Sequence[str] | None = None,
-) -> list[str]:
-    """``count`` toy-world captions of ``split`` ("train": seen pairs only, "held_out": each with
-    a colour-direction pair never seen in training) of scenes with up to ``max_objects`` objects,
-    from seeds no training clip used; ``new_shape``: the first object of each is that shape;
-    ``colours``, ``sizes``: the ones a smaller world draws from (``None``: all)."""
+) -> list:
+    """``count`` toy-world scenes (``toyworld.ToyScene``) of ``split`` ("train": seen pairs only,
+    "held_out": each with a colour-direction pair never seen in training) with up to
+    ``max_objects`` objects, from seeds no training clip used; ``new_shape``: the first object
+    of each is that shape; ``colours``, ``sizes``: the ones a smaller world draws from
+    (``None``: all)."""
     from cogvx_mini.data.toyworld import sample_scene
 
     return [
-        sample_scene(first_seed + i, max_objects, split, new_shape, colours, sizes).caption
+        sample_scene(first_seed + i, max_objects, split, new_shape, colours, sizes)
         for i in range(count)
     ]
+
+
+def evaluation_prompts(split: str, count: int, **scene_options) -> list[str]:
+    """The captions of :func:`evaluation_scenes` (same arguments)."""
+    return [scene.caption for scene in evaluation_scenes(split, count, **scene_options)]
 
 
 def judge_scores(

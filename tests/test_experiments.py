@@ -296,3 +296,9 @@ def test_a_budget_can_train_and_judge_in_the_laptop_world(monkeypatch):
     assert all(c.split()[2] in laptop.colours for c in seen)
     assert result["budget_settings"]["world"] == "laptop"
     assert BUDGETS["laptop"].world == "laptop" and BUDGETS["laptop"].evaluate_ema
+
+
+def test_parallel_must_be_a_positive_count(capsys):
+    with pytest.raises(SystemExit):
+        main(["frame_pack", "--budget", "tiny", "--parallel", "0"])
+    assert "--parallel" in capsys.readouterr().err

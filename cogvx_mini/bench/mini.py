@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from cogvx_mini.data.strict_judge import CHECKS, strict_judge, strict_judge_details
-from cogvx_mini.data.toyworld import judge, judge_details, render, sample_scene
+from cogvx_mini.data.toyworld import judge, judge_details, render
 from cogvx_mini.pipeline import (
     MINI_GUIDANCE,
     evaluation_prompts,
+    evaluation_scenes,
     judge_scores,
     judge_videos,
     load_mini,
@@ -116,7 +117,7 @@ def attribute_rates(objects: list) -> dict[str, float]:
 
 def vae_ceiling(pipe, args: argparse.Namespace) -> dict:
     """The ceiling the VAE sets: the judge on ground-truth renders and on their reconstructions."""
-    scenes = [sample_scene(10_000 + i, split="held_out") for i in range(args.prompts)]
+    scenes = evaluation_scenes("held_out", args.prompts)
     truth = torch.stack([render(s, 17, 64, 64) for s in scenes])
     with torch.no_grad():
         recon = pipe.vae.decode(pipe.vae.encode(truth.to(args.device)).mean).clamp(-1, 1).cpu()

@@ -34,8 +34,10 @@ PALETTE, SHAPE_NAMES, SIZE_NAMES, DIRECTION_NAMES = (
     sorted(SIZES),
     sorted(DIRECTIONS),
 )
-# Per palette colour: present (1), shape (3), size (2), direction (4) logits.
+# Per palette colour: present (1), shape (3), size (2), direction (4) logits; the heads'
+# column ranges after the presence logit.
 PER_COLOUR = 1 + len(SHAPE_NAMES) + len(SIZE_NAMES) + len(DIRECTION_NAMES)
+HEAD_EDGES = (1, 1 + len(SHAPE_NAMES), 1 + len(SHAPE_NAMES) + len(SIZE_NAMES), PER_COLOUR)
 
 
 class ToyVideoFeatures(nn.Module):
@@ -95,9 +97,8 @@ def attribute_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of every head: presence of each colour, and the shape, size and direction
     of each colour present. ``logits [B, P, PER_COLOUR]``, ``target [B, P, 4]``."""
     present = F.binary_cross_entropy_with_logits(logits[..., 0], target[..., 0].float())
-    edges = [1, 1 + len(SHAPE_NAMES), 1 + len(SHAPE_NAMES) + len(SIZE_NAMES), PER_COLOUR]
     losses = [present]
-    for k, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True), start=1):
+    for k, (a, b) in enumerate(zip(HEAD_EDGES[:-1], HEAD_EDGES[1:], strict=True), start=1):
         losses.append(
             F.cross_entropy(
                 logits[..., a:b].flatten(0, 1), target[..., k].flatten(), ignore_index=-1
@@ -156,11 +157,10 @@ def attribute_accuracy(model: ToyVideoFeatures, count: int = 256) -> dict[str, f
     videos, target = toy_batch(range(2_000_000, 2_000_000 + count), 17)
     logits = model.logits(videos)
     present = ((logits[..., 0] > 0).long() == target[..., 0]).float().mean().item()
-    edges = [1, 1 + len(SHAPE_NAMES), 1 + len(SHAPE_NAMES) + len(SIZE_NAMES), PER_COLOUR]
     out = {"present": present}
     for k, name in enumerate(("shape", "size", "direction"), start=1):
         mask = target[..., k] >= 0
-        guess = logits[..., edges[k - 1] : edges[k]].argmax(-1)
+        guess = logits[..., HEAD_EDGES[k - 1] : HEAD_EDGES[k]].argmax(-1)
         out[name] = (guess[mask] == target[..., k][mask]).float().mean().item()
     return out
 
@@ -218,11 +218,7 @@ def video_features(model: ToyVideoFeatures, videos, batch: int = 32) -> torch.Te
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to feature sets ``a [N, D]`` and ``b [M, D]``:
     ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2)`` (0 for equal sets)."""
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(
-            f"expected two feature sets [N, D] and [M, D] of 2+ rows, got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}"
-        )
+    _check_feature_sets(a, b)
     a, b = a.double(), b.double()
     mu = a.mean(0) - b.mean(0)
     cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))
@@ -237,11 +233,7 @@ def kernel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     features standardised by ``b``'s mean and spread. Unlike the Fréchet distance, whose
     estimate from N clips is biased upward by about ``1/N``, it is ~0 for two sets of one
     distribution at any size, so small sets of generated clips can be compared."""
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(
-            f"expected two feature sets [N, D] and [M, D] of 2+ rows, got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}"
-        )
+    _check_feature_sets(a, b)
     mean, std = b.double().mean(0), b.double().std(0).clamp_min(1e-12)
     a, b = (a.double() - mean) / std, (b.double() - mean) / std
     d = a.shape[1]
@@ -254,6 +246,14 @@ def kernel_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     within_a = (kaa.sum() - kaa.diagonal().sum()) / (m * (m - 1))
     within_b = (kbb.sum() - kbb.diagonal().sum()) / (n * (n - 1))
     return (within_a + within_b - 2 * kernel(a, b).mean()).item()
+
+
+def _check_feature_sets(a: torch.Tensor, b: torch.Tensor) -> None:
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(
+            f"expected two feature sets [N, D] and [M, D] of 2+ rows, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
 
 
 def _psd_sqrt(m: torch.Tensor) -> torch.Tensor:

@@ -50,9 +50,9 @@ def object_token_masks(scene: ToyScene, frames: int, size: int, grid) -> torch.T
     folds into it); a token counts when the object covers a third of its pixels."""
     t, h, w = grid
     masks = []
+    empty = render(ToyScene(()), frames, size, size)
     for obj in scene.objects:
         video = render(ToyScene((obj,)), frames, size, size)
-        empty = render(ToyScene(()), frames, size, size)
         cover = ((video - empty).abs().sum(0) > 0.1).float()  # [T, H, W]
         cover = cover[torch.arange(t) * 4]  # the pixel frame of each latent frame
         masks.append(F.adaptive_avg_pool2d(cover, (h, w)) > 1 / 3)

@@ -318,14 +318,13 @@ def judged_generations(
     constant-velocity line (large-motion consistency: an object that jumps or stalls scores
     high)."""
     from cogvx_mini.data.strict_judge import strict_judge
-    from cogvx_mini.data.toyworld import judge_details, render, sample_scene
-    from cogvx_mini.pipeline import generate
+    from cogvx_mini.data.toyworld import judge_details, render
+    from cogvx_mini.pipeline import evaluation_scenes, generate
 
     pipe = _pipeline(model, data, budget, device)
     frames = frames or budget.frames
-    first = 10_000 + 97 * seed  # the evaluation prompts' seeds (cogvx_mini.pipeline's)
-    options = budget.scene_options()
-    scenes = [sample_scene(first + i, split="train", **options) for i in range(budget.prompts)]
+    first = 10_000 + 97 * seed
+    scenes = evaluation_scenes("train", budget.prompts, first, **budget.scene_options())
     prompts = [scene.caption for scene in scenes]
     videos = generate(
         prompts,

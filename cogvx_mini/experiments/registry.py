@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from cogvx_mini.checks import cli_type, positive_int
 from cogvx_mini.experiments.common import BUDGETS, Budget
 from cogvx_mini.training.overrides import with_overrides
 
@@ -162,7 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--plot-only", action="store_true", help="redraw figures from the JSON")
     p.add_argument(
-        "--parallel", type=int, default=1, help="seeds run at once, one process each (GPU)"
+        "--parallel",
+        type=cli_type(positive_int),
+        default=1,
+        help="seeds run at once, one process each (GPU)",
     )
     p.add_argument(
         "--set",

@@ -165,13 +165,13 @@ def merged(model: nn.Module) -> nn.Module:
 
 
 def concept_scenes(recipe: ConceptRecipe, count: int, new: bool = True) -> list:
-    """``count`` unseen scenes of ``recipe.world`` (the seeds of
-    :func:`~cogvx_mini.pipeline.evaluation_prompts`, which no training clip used), the first
-    object of each in the new shape (``new``) or as the world draws it."""
-    from cogvx_mini.data.toyworld import sample_scene
+    """``count`` unseen scenes of ``recipe.world`` (:func:`~cogvx_mini.pipeline.evaluation_scenes`,
+    whose seeds no training clip used), the first object of each in the new shape (``new``) or
+    as the world draws it."""
+    from cogvx_mini.pipeline import evaluation_scenes
 
     objects, shape = WORLDS[recipe.world].max_objects, recipe.shape if new else None
-    return [sample_scene(10_000 + i, objects, "train", shape) for i in range(count)]
+    return evaluation_scenes("train", count, max_objects=objects, new_shape=shape)
 
 
 def concept_prompts(recipe: ConceptRecipe, count: int) -> dict[str, list[str]]:
