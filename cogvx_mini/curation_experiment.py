@@ -54,7 +54,7 @@ from cogvx_mini.curation import (
 )
 from cogvx_mini.data.text_encoder import ToyTextEncoder
 from cogvx_mini.data.web_pool import PAPER_NAMES, WebClip, web_pool
-from cogvx_mini.experiments.common import eval_loss, summary
+from cogvx_mini.experiments.common import eval_loss, merge_runs, summary
 from cogvx_mini.experiments.plots import save_figure, verdict
 from cogvx_mini.frame_pack import Bucket
 from cogvx_mini.training.train import (
@@ -487,24 +487,9 @@ def plot_arms(result: dict, path: str | Path) -> Path:
 
 def merge_results(parts: Sequence[dict]) -> dict:
     """One result from runs of the same budget on disjoint seeds (e.g. one process per seed):
-    each arm's per-seed values joined and summarised again, the verdicts redone."""
-    first = parts[0]
-    if any(p["budget_settings"] | {"seeds": []} != first["budget_settings"] | {"seeds": []}
-           for p in parts):  # fmt: skip
-        raise ValueError("parts: expected runs of one budget, got different budget settings")
-    seeds = [s for p in parts for s in p["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"parts: expected disjoint seeds, got {seeds}")
-    merged = first | {"seeds": seeds, "seconds": max(p["seconds"] for p in parts), "arms": {}}
-    merged["budget_settings"] = first["budget_settings"] | {"seeds": seeds}
-    for arm, head in first["arms"].items():
-        runs = [p["arms"][arm] for p in parts]
-        joined = {k: summary([v for r in runs for v in r[k]["values"]]) for k in METRICS}
-        shares = {c: summary([v for r in runs for v in r["defect_shares"][c]["values"]])
-                  for c in CLASSES}  # fmt: skip
-        curves = [c for r in runs for c in r["loss_curves"]]
-        merged["arms"][arm] = head | joined | {"defect_shares": shares, "loss_curves": curves,
-                                               "seeds": seeds}  # fmt: skip
+    each arm's per-seed values joined and summarised again (``experiments.common.merge_runs``),
+    the verdicts redone."""
+    merged = merge_runs(parts, what="parts")
     merged["verdicts"] = verdicts(merged)
     return merged
 

@@ -180,6 +180,35 @@ def test_sincos_can_number_an_unseen_grid_as_rope_does():
         sa, sb = result["arms"][a]["setting"], result["arms"][b]["setting"]
         assert sum(sa[k] != sb[k] for k in sa) == 1
     assert len(verdict(result)) == 4 * len(result["primary"])
+    # Each scheme trains once and is read under both numberings: the same weights, so the same
+    # loss on the training grid and on the longer clip (time is never squeezed).
+    for scheme in ("3d_rope", "sincos"):
+        ext, inter = (result["arms"][f"{scheme}_{g}"] for g in ("extrapolate", "interpolate"))
+        assert ext["loss_curves"] == inter["loss_curves"] and ext["trained_as"] == scheme
+        for metric in ("seen", "longer"):
+            a, b = (x["metrics"][f"eval_loss_{metric}"]["values"] for x in (ext, inter))
+            assert a == pytest.approx(b, rel=1e-6), metric
+
+
+@pytest.mark.parametrize("positions", ["rope", "sincos"])
+def test_a_trained_model_read_under_another_numbering_differs_only_off_its_grid(positions):
+    from cogvx_mini.experiments.rope_vs_sincos import position_schemes, with_numbering
+    from cogvx_mini.transformer import CogVideoXTransformer
+
+    arm = "3d_rope" if positions == "rope" else "sincos"
+    torch.manual_seed(0)
+    model = CogVideoXTransformer(position_schemes((2, 2))[arm]["config"]).eval()
+    with torch.no_grad():  # weights away from AdaLN-zero, so that positions matter
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    squeezed = with_numbering(model, "interpolate")
+    assert squeezed.config.rope_grid == squeezed.config.sincos_grid == "interpolate"
+    c = model.config
+    text, t = torch.randn(1, 4, c.text_dim), torch.tensor([500])
+    for size, same in [(4, True), (6, False)]:  # the training grid (2 x 2 tokens), then 3 x 3
+        x = torch.randn(1, c.in_channels, 3, size, size)
+        with torch.no_grad():
+            assert torch.allclose(model(x, text, t), squeezed(x, text, t), atol=1e-6) is same
 
 
 def test_2d_plus_1d_needs_several_hops_in_its_design(tmp_path):
@@ -198,14 +227,14 @@ def test_2d_plus_1d_needs_several_hops_in_its_design(tmp_path):
     )
 
 
-def test_seeds_run_in_processes_merge_into_the_result_of_one_run(tmp_path):
+def test_parts_run_in_processes_merge_into_the_result_of_one_run(tmp_path):
     one = run("explicit_uniform_sampling", "tiny", seeds=[0, 1], log=lambda s: None)
-    main(
-        ["explicit_uniform_sampling", "--budget", "tiny", "--seeds", "0", "1"]
-        + ["--parallel", "2", "--out", str(tmp_path)]
-    )
+    args = ["explicit_uniform_sampling", "--budget", "tiny", "--seeds", "0", "1", "--parallel"]
+    args += ["2", "--out", str(tmp_path), "--work", str(tmp_path / "parts")]
+    main(args)
     merged = json.loads((tmp_path / "explicit_uniform_sampling.json").read_text())
-    assert merged["seeds"] == [0, 1] and len(merged["seconds_per_seed"]) == 2
+    assert merged["seeds"] == [0, 1] and len(merged["seconds_per_part"]) == 4  # 2 arms x 2 seeds
+    assert list(merged["arms"]) == list(one["arms"])
     for arm, a in one["arms"].items():
         b = merged["arms"][arm]
         for x, y in zip(b["loss_curves"], a["loss_curves"], strict=True):  # same seeds, same runs
@@ -215,13 +244,25 @@ def test_seeds_run_in_processes_merge_into_the_result_of_one_run(tmp_path):
             # (rel 1e-4: the children run on one thread, this process on more)
             assert b["metrics"][metric]["values"] == pytest.approx(m["values"], rel=1e-4)
             assert b["metrics"][metric]["std"] == pytest.approx(m["std"], rel=1e-2, abs=1e-6)
-    with pytest.raises(ValueError, match="one ablation"):
-        registry.merge_seeds([merged, dict(merged, name="frame_pack")])
+    # A rerun keeps every finished part (resuming after a time limit) ...
+    parts = sorted((tmp_path / "parts" / "tiny").rglob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in parts]
+    main(args)
+    assert [p.stat().st_mtime_ns for p in parts] == stamps
+    # ... but not one of other settings.
+    assert registry.finished_part(parts[0], BUDGETS["tiny"], "cpu") is not None
+    other = registry.replace(BUDGETS["tiny"], steps=4)
+    assert registry.finished_part(parts[0], other, "cpu") is None
+    assert registry.finished_part(parts[0], BUDGETS["tiny"], "cuda") is None
+    with pytest.raises(ValueError, match="one experiment"):
+        common.merge_runs([merged, dict(merged, name="frame_pack")])
     other_steps = dict(merged, budget_settings=dict(merged["budget_settings"], steps=9))
-    with pytest.raises(ValueError, match="one ablation and one budget"):
-        registry.merge_seeds([merged, other_steps])
-    with pytest.raises(ValueError, match="disjoint seeds"):
-        registry.merge_seeds([merged, merged])
+    with pytest.raises(ValueError, match="one experiment and one budget"):
+        common.merge_runs([merged, other_steps])
+    with pytest.raises(ValueError, match="each of"):
+        common.merge_runs([merged, merged])
+    with pytest.raises(ValueError, match="arms: expected some of"):
+        run("explicit_uniform_sampling", "tiny", seeds=[0], arms=["uniform"])
 
 
 def test_previous_frame_attention_sees_what_each_layer_kind_can_see():

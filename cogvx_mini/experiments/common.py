@@ -9,6 +9,7 @@ after warm-up, no checkpoints, the raw weights evaluated) or ``cogvx_mini.traini
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -94,11 +95,12 @@ BUDGETS = {
                    vae_crop=64, vae_eval=32, warmup=60),
     # The recipe of `make train` (the laptop world, 13 frames, cosine decay, EMA judged at 50
     # DDIM steps and guidance 3): six draws of it judge 0.680 +- 0.033 (book/data/
-    # laptop_sweep.json), so three seeds an arm detect a difference of about 0.09. ~5 min a
-    # run on one GPU with eight at once; not yet run as an ablation.
+    # laptop_sweep.json), so three seeds an arm detect a difference of about 0.09. The VAE arms
+    # train 3,000 steps (their late_drop says whether they flattened). On one GPU:
+    # tools/gpu_ablations.sh (one process per arm and seed, 13 at once; resumable).
     "laptop": Budget("laptop", (0, 1, 2), steps=4000, batch=32, clips=3000, frames=13, lr=4e-3,
                      warmup=200, eval_clips=32, prompts=64, sample_steps=50, guidance=3.0,
-                     vae_steps=400, vae_batch=8, vae_frames=17, vae_crop=64, vae_eval=32,
+                     vae_steps=3000, vae_batch=8, vae_frames=17, vae_crop=64, vae_eval=32,
                      world="laptop", final_lr_ratio=0.1, evaluate_ema=True),
 }  # fmt: skip
 
@@ -123,6 +125,59 @@ def summary(values: Sequence[float]) -> dict:
         "n": int(torch.isfinite(v).sum()),
         "values": [float(x) for x in v],
     }
+
+
+def merge_runs(parts: Sequence[dict], what: str = "parts") -> dict:
+    """One result from results of one experiment and budget whose runs split its (arm, seed)
+    pairs between them (one process per arm and seed, say): per arm, the seeds' entries are
+    joined in seed order (summaries over seeds summarised again, per-seed lists concatenated);
+    what does not depend on the seed (settings, parameter counts, judge ceilings) is the first
+    part's. Every arm must end with the same seeds. ``seconds`` is the longest part's (they
+    ran at once); ``seconds_per_part`` keeps each."""
+    settings = {json.dumps(dict(p["budget_settings"], seeds=[]), sort_keys=True) for p in parts}
+    if len({p.get("name") for p in parts}) != 1 or len(settings) != 1:
+        raise ValueError(f"{what}: expected results of one experiment and one budget")
+    runs: dict[str, list[tuple[int, dict, int]]] = {}  # arm -> (seed, part's arm, index)
+    for part in parts:
+        for arm, entry in part["arms"].items():
+            runs.setdefault(arm, []).extend((s, entry, i) for i, s in enumerate(part["seeds"]))
+    seeds = sorted(s for s, _, _ in next(iter(runs.values())))
+    for arm, entries in runs.items():
+        got = sorted(s for s, _, _ in entries)
+        if len(set(got)) != len(got) or got != seeds:
+            raise ValueError(f"{what}: arm {arm!r} has seeds {got}, expected each of {seeds} once")
+    first = parts[0]
+    merged = dict(first, seeds=seeds, budget_settings=dict(first["budget_settings"], seeds=seeds))
+    merged["seconds"] = max(p["seconds"] for p in parts)
+    merged["seconds_per_part"] = [p["seconds"] for p in parts]
+    merged["arms"] = {arm: _merge_arm(sorted(e, key=lambda x: x[0])) for arm, e in runs.items()}
+    return merged
+
+
+def _merge_arm(entries: list[tuple[int, dict, int]]) -> dict:
+    """One arm from its per-seed entries ``(seed, the arm in a part, the seed's index there)``."""
+    head = entries[0][1]
+
+    def join(key_path: tuple[str, ...], value):
+        def pick(entry):
+            for k in key_path:
+                entry = entry[k]
+            return entry
+
+        if isinstance(value, dict) and "values" in value and "mean" in value:  # a summary
+            return summary([pick(e)["values"][i] for _, e, i in entries])
+        if isinstance(value, dict):
+            return {k: join((*key_path, k), v) for k, v in value.items()}
+        if isinstance(value, list) and all(len(pick(e)) == _seed_count(e) for _, e, _ in entries):
+            return [pick(e)[i] for _, e, i in entries]  # one entry per seed
+        return value
+
+    return {k: join((k,), v) for k, v in head.items()}
+
+
+def _seed_count(arm: dict) -> int:
+    """How many seeds a part ran for ``arm`` (its loss curves, one per seed)."""
+    return len(arm["loss_curves"])
 
 
 def curve(losses: Sequence[float], points: int) -> list[float]:
@@ -473,6 +528,11 @@ def arms_and_judge_ceiling(budget, seeds, device, arms, train, evaluate, log) ->
         "arms": diffusion_ablation(budget, seeds, device, arms, lambda a: train, evaluate, log),
         "judge_ceiling": judge_ceiling(train, budget, device),
     }
+
+
+def only(specs: dict[str, dict], arms: Sequence[str]) -> dict[str, dict]:
+    """The arm specs named in ``arms`` (a part of an ablation runs some of its arms)."""
+    return {name: spec for name, spec in specs.items() if name in arms}
 
 
 def train_buckets(budget: Budget) -> list[Bucket]:

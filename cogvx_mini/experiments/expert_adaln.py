@@ -30,18 +30,21 @@ def _matched(adaln: str, target: int) -> TransformerConfig:
     )
 
 
-def run(budget: common.Budget, seeds, device, log) -> dict:
+ARMS = ("expert_adaln", "no_expert", "mmdit")
+
+
+def run(budget: common.Budget, seeds, device, log, arms=ARMS) -> dict:
     train, held = common.train_and_held(budget, device)
     expert = common.mini(adaln="expert")
     none = _matched("none", count_parameters(expert))
     mmdit = _matched("mmdit", count_parameters(expert))
-    arms = {
+    specs = {
         "expert_adaln": {"config": expert, "setting": {"adaln": "expert"}},
         "no_expert": {"config": none, "setting": {"adaln": "none", "ff_mult": none.ff_mult}},
         "mmdit": {"config": mmdit, "setting": {"adaln": "mmdit", "ff_mult": mmdit.ff_mult}},
     }
-
-    probes: dict[str, list] = {arm: [] for arm in arms}  # per arm, one entry per seed
+    specs = common.only(specs, arms)
+    probes: dict[str, list] = {arm: [] for arm in specs}  # per arm, one entry per seed
 
     def evaluate(arm, model, run_, seed):
         m = {"eval_loss": common.eval_loss(model, held, budget.eval_timesteps, device)}
@@ -49,7 +52,7 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         probes[arm].append(modulation_probe(model))
         return m
 
-    result = common.arms_and_judge_ceiling(budget, seeds, device, arms, train, evaluate, log)
+    result = common.arms_and_judge_ceiling(budget, seeds, device, specs, train, evaluate, log)
     for arm, runs in probes.items():
         result["arms"][arm]["modulation_probe"] = runs
     return {

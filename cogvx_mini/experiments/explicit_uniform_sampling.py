@@ -13,9 +13,12 @@ CLAIM = (
 )
 
 
-def run(budget: common.Budget, seeds, device, log) -> dict:
+ARMS = ("explicit_uniform", "independent")
+
+
+def run(budget: common.Budget, seeds, device, log, arms=ARMS) -> dict:
     train, held = common.train_and_held(budget, device)
-    arms = {
+    specs = {
         "explicit_uniform": {
             "config": common.mini(),
             "strata": budget.batch,
@@ -23,6 +26,7 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         },
         "independent": {"config": common.mini(), "strata": 1, "setting": {"timestep_strata": 1}},
     }
+    specs = common.only(specs, arms)
     buckets = {}
 
     def evaluate(arm, model, run_, seed):
@@ -32,7 +36,7 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
             "loss_noise_std": common.detrended_std(run_.losses),
         }
 
-    out = common.diffusion_ablation(budget, seeds, device, arms, lambda a: train, evaluate, log)
+    out = common.diffusion_ablation(budget, seeds, device, specs, lambda a: train, evaluate, log)
     for arm in out:
         out[arm]["loss_per_timestep_bucket"] = buckets[arm]
     return {
@@ -41,5 +45,6 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         "higher_is_better": {"loss_noise_std": False, "eval_loss": False},
         "eval": f"each of the {budget.batch} samples of a batch plays one simulated rank",
         "bucket_edges": TimestepLossTracker(1000, 10).edges(),
+        "judge_ceiling": common.judge_ceiling(train, budget, device),
         "vae": train.meta["vae"],
     }

@@ -41,7 +41,10 @@ def padded_dataset(budget: common.Budget, device: str, lengths, frames: int, sca
     return data
 
 
-def run(budget: common.Budget, seeds, device, log) -> dict:
+ARMS = ("frame_pack", "fixed_length", "black_padding")
+
+
+def run(budget: common.Budget, seeds, device, log, arms=ARMS) -> dict:
     f = budget.frames
     long_f = 2 * f - 1
     lengths = (f, f + 4, long_f, long_f + 4)  # mixed durations, as real data
@@ -53,10 +56,6 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         [Bucket(f, budget.size, budget.size), Bucket(long_f, budget.size, budget.size)],
     )
     scale = packed.latent_scale
-    # Fixed length: every clip must have long_f frames; shorter ones are discarded.
-    fixed = LatentDataset(
-        [c for c in packed.clips if c.bucket.frames == long_f], packed.empty_text, scale
-    )
 
     def held_out(frames: int):
         bucket = [Bucket(frames, budget.size, budget.size)]
@@ -67,16 +66,15 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
     held, held_short = held_out(long_f), held_out(f)
     scenes = toy_clips(budget.clips, lengths, 8, 8, **budget.scene_options())
     frames_available = sum(c[0].shape[1] for c in scenes)
-    padded = padded_dataset(budget, device, lengths, long_f, scale)
-    data = {"frame_pack": packed, "fixed_length": fixed, "black_padding": padded}
-    arms = {
-        "frame_pack": {"config": common.mini(), "setting": {"buckets": [f, long_f]}},
-        "fixed_length": {"config": common.mini(), "setting": {"buckets": [long_f]}},
-        "black_padding": {
-            "config": common.mini(),
-            "setting": {"buckets": [long_f], "shorter clips": "padded with black frames"},
-        },
+    data = {  # built only for the arms that run
+        "frame_pack": lambda: packed,
+        # Fixed length: every clip must have long_f frames; shorter ones are discarded.
+        "fixed_length": lambda: LatentDataset(
+            [c for c in packed.clips if c.bucket.frames == long_f], packed.empty_text, scale
+        ),
+        "black_padding": lambda: padded_dataset(budget, device, lengths, long_f, scale),
     }
+    data = {arm: make() for arm, make in data.items() if arm in arms}
 
     def evaluate(arm, model, run_, seed):
         return {
@@ -85,7 +83,8 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
             **common.judged_generations(model, packed, budget, seed, device, frames=long_f),
         }
 
-    out = common.diffusion_ablation(budget, seeds, device, arms, data.__getitem__, evaluate, log)
+    specs = common.only(arm_specs(f, long_f), arms)
+    out = common.diffusion_ablation(budget, seeds, device, specs, data.__getitem__, evaluate, log)
     for arm, d in data.items():
         out[arm]["data_used"] = data_used(d, budget.clips, frames_available)
     return {
@@ -99,6 +98,18 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         },
         "eval": f"clips of {lengths} frames; buckets {f} and {long_f}; generations of {long_f}",
         "vae": packed.meta["vae"],
+    }
+
+
+def arm_specs(frames: int, long_frames: int) -> dict[str, dict]:
+    """The three arms: the same model, two buckets or one (shorter clips dropped or padded)."""
+    return {
+        "frame_pack": {"config": common.mini(), "setting": {"buckets": [frames, long_frames]}},
+        "fixed_length": {"config": common.mini(), "setting": {"buckets": [long_frames]}},
+        "black_padding": {
+            "config": common.mini(),
+            "setting": {"buckets": [long_frames], "shorter clips": "padded with black frames"},
+        },
     }
 
 

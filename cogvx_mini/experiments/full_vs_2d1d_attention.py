@@ -21,18 +21,22 @@ LAYERS = 8
 FRAMES = 33  # 1 + 4 * 8: 9 latent frames
 
 
-def run(budget: common.Budget, seeds, device, log) -> dict:
+ARMS = ("3d_full", "2d_plus_1d")
+
+
+def run(budget: common.Budget, seeds, device, log, arms=ARMS) -> dict:
     budget = replace(budget, frames=FRAMES)
     train, held = common.train_and_held(budget, device)
-    arms = {
+    specs = {
         name: {
             "config": common.mini(attention=kind, num_layers=LAYERS),
             "setting": {"attention": kind, "layers": LAYERS, "frames": FRAMES},
         }
-        for name, kind in (("3d_full", "full"), ("2d_plus_1d", "2d1d"))
+        for name, kind in zip(ARMS, ("full", "2d1d"), strict=True)
+        if name in arms
     }
 
-    probes: dict[str, list] = {arm: [] for arm in arms}  # per arm, one entry per seed
+    probes: dict[str, list] = {arm: [] for arm in specs}  # per arm, one entry per seed
 
     def evaluate(arm, model, run_, seed):
         m = {"eval_loss": common.eval_loss(model, held, budget.eval_timesteps, device)}
@@ -43,7 +47,7 @@ def run(budget: common.Budget, seeds, device, log) -> dict:
         m["previous_frame_attention"] = max(layer["share"] for layer in probes[arm][-1])
         return m
 
-    result = common.arms_and_judge_ceiling(budget, seeds, device, arms, train, evaluate, log)
+    result = common.arms_and_judge_ceiling(budget, seeds, device, specs, train, evaluate, log)
     for arm, layers in probes.items():
         result["arms"][arm]["attention_probe"] = layers
     return {

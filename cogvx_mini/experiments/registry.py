@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from cogvx_mini.checks import cli_type, positive_int
-from cogvx_mini.experiments.common import BUDGETS, Budget
+from cogvx_mini.experiments.common import BUDGETS, Budget, merge_runs
 from cogvx_mini.training.overrides import with_overrides
+from cogvx_mini.weights.checkpoint import write_text_atomic
 
 ABLATIONS = (
     "vae_3d_vs_2d",
@@ -43,12 +44,18 @@ def run(
     seeds: Sequence[int] | None = None,
     device: str = "cpu",
     log: Callable[[str], None] = print,
+    arms: Sequence[str] | None = None,
 ) -> dict:
-    """Run ablation ``name`` with a budget (``tiny``, ``small``, ``full`` or a :class:`Budget`)
-    and return its results (JSON-ready): claim, budget, per-arm settings, parameter counts,
-    loss curves per seed and metrics as mean ± std over ``seeds`` (default: the budget's)."""
+    """Run ablation ``name`` with a budget (a name of ``BUDGETS`` or a :class:`Budget`) and
+    return its results (JSON-ready): claim, budget, per-arm settings, parameter counts, loss
+    curves per seed and metrics as mean ± std over ``seeds`` (default: the budget's); ``arms``
+    (default: every one of the module's ``ARMS``) runs a part of it."""
     if name not in RUNNERS:
         raise ValueError(f"expected an ablation in {ABLATIONS}, got {name!r}")
+    arms = tuple(MODULES[name].ARMS if arms is None else arms)
+    unknown = [a for a in arms if a not in MODULES[name].ARMS]
+    if unknown or not arms:
+        raise ValueError(f"arms: expected some of {MODULES[name].ARMS}, got {list(arms)}")
     if isinstance(budget, str):
         if budget not in BUDGETS:
             raise ValueError(f"expected a budget in {tuple(BUDGETS)}, got {budget!r}")
@@ -59,7 +66,7 @@ def run(
     budget = replace(budget, seeds=seeds)
     start = time.perf_counter()
     log(f"{name} ({budget.name} budget, seeds {list(seeds)}, {device})")
-    result = RUNNERS[name](budget, seeds, device, log)
+    result = RUNNERS[name](budget, seeds, device, log, arms=arms)
     return {
         "name": name,
         "claim": CLAIMS[name],
@@ -74,73 +81,70 @@ def run(
 
 
 # ---------------------------------------------------------------------------------------------
-# One process per seed (a GPU runs many mini trainings at once: each is bound by its host)
+# One process per arm and seed (a GPU runs many mini trainings at once: each is bound by its
+# host), each part kept on disk, so a run stopped by a time limit resumes where it stopped
 
 
-def merge_seeds(results: Sequence[dict]) -> dict:
-    """The result of one ablation over every seed, from results of the same ablation and budget
-    over disjoint seeds: per-seed lists are joined and the metrics summarised again; what does
-    not depend on the seed (settings, parameter counts, judge ceilings) is the first result's.
-    ``seconds`` is the longest run's (they ran at once); ``seconds_per_seed`` keeps each."""
-    from cogvx_mini.experiments.common import summary
-
-    first = results[0]
-    settings = [json.dumps(dict(r["budget_settings"], seeds=[]), sort_keys=True) for r in results]
-    if len({r["name"] for r in results}) != 1 or len(set(settings)) != 1:
-        raise ValueError("expected results of one ablation and one budget")
-    seeds = [s for r in results for s in r["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"expected disjoint seeds, got {seeds}")
-    per_run = [len(r["seeds"]) for r in results]
-    merged = dict(first, seeds=seeds)
-    merged["seconds"] = max(r["seconds"] for r in results)
-    merged["seconds_per_seed"] = [r["seconds"] for r in results]
-    merged["budget_settings"] = dict(first["budget_settings"], seeds=merged["seeds"])
-    merged["arms"] = {}
-    for arm, a in first["arms"].items():
-        arms = [r["arms"][arm] for r in results]
-        out = dict(a)
-        for key, value in a.items():
-            if isinstance(value, dict) and "values" in value:  # a summary over seeds
-                out[key] = summary([v for x in arms for v in x[key]["values"]])
-            elif key == "metrics":
-                out[key] = {
-                    m: summary([v for x in arms for v in x[key][m]["values"]]) for m in value
-                }
-            elif isinstance(value, list) and all(
-                len(x[key]) == n for x, n in zip(arms, per_run, strict=True)
-            ):  # one entry per seed
-                out[key] = [item for x in arms for item in x[key]]
-        merged["arms"][arm] = out
-    return merged
+def part_path(work: Path, name: str, arm: str, seed: int) -> Path:
+    return work / name / f"{arm}-seed{seed}.json"
 
 
-def run_in_processes(name: str, args: argparse.Namespace, seeds: Sequence[int]) -> dict:
-    """``name`` for each seed in its own process (``args.parallel`` at once, one thread each),
-    the results merged by :func:`merge_seeds`."""
+def finished_part(path: Path, budget: Budget, device: str) -> dict | None:
+    """The part at ``path`` if it ran with ``budget`` (any seed) on ``device``, else None."""
+    if not path.is_file():
+        return None
+    try:
+        part = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    want = json.loads(json.dumps(dict(asdict(budget), seeds=[])))
+    same = dict(part.get("budget_settings", {}), seeds=[]) == want
+    return part if same and part.get("device") == device else None
+
+
+def run_parts(names: Sequence[str], args: argparse.Namespace, budget: Budget) -> dict[str, dict]:
+    """Every (ablation, arm, seed) of ``names`` in its own process, ``args.parallel`` at once
+    (one thread each), each part written to ``args.work``; parts already there with the same
+    budget and device are kept. Returns each ablation's parts merged (``common.merge_runs``)."""
     import subprocess
     import sys
-    import tempfile
 
-    base = [sys.executable, "-m", "cogvx_mini.experiments", name, "--budget", args.budget]
-    base += ["--device", args.device, "--threads", "1", "--set", *args.set]
-    with tempfile.TemporaryDirectory() as tmp:
-        folders = {seed: Path(tmp) / f"seed{seed}" for seed in seeds}
-        pending, running = list(seeds), []
-        while pending or running:
-            while pending and len(running) < args.parallel:
-                seed = pending.pop(0)
-                log = open(Path(tmp) / f"seed{seed}.log", "w")  # noqa: SIM115 (closed below)
-                cmd = [*base, "--seeds", str(seed), "--out", str(folders[seed])]
-                running.append((seed, log, subprocess.Popen(cmd, stdout=log, stderr=log)))
-            seed, log, proc = running.pop(0)
-            code = proc.wait()
-            log.close()
-            if code:
-                tail = Path(log.name).read_text()[-2000:]
-                raise SystemExit(f"error: {name} with seed {seed} failed:\n{tail}")
-        results = [json.loads((folders[s] / f"{name}.json").read_text()) for s in seeds]
-    return merge_seeds(results)
+    from tqdm import tqdm
+
+    seeds = tuple(args.seeds or budget.seeds)
+    arms = {n: tuple(args.arms or MODULES[n].ARMS) for n in names}
+    jobs = [(n, a, s) for n in names for a in arms[n] for s in seeds]
+    work = args.work / budget.name
+    todo = [j for j in jobs if finished_part(part_path(work, *j), budget, args.device) is None]
+    options = ["--budget", args.budget, "--device", args.device, "--threads", "1"]
+    options += ["--set", *args.set]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="ablation parts")
+    running: list[tuple[tuple, object, subprocess.Popen]] = []
+    while todo or running:
+        while todo and len(running) < args.parallel:
+            job = todo.pop(0)
+            path = part_path(work, *job)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log = open(path.with_suffix(".log"), "w")  # noqa: SIM115 (closed below)
+            cmd = [sys.executable, "-m", "cogvx_mini.experiments", job[0], *options]
+            cmd += ["--seeds", str(job[2]), "--arms", job[1], "--part", str(path)]
+            running.append((job, log, subprocess.Popen(cmd, stdout=log, stderr=log)))
+        job, log, proc = running.pop(0)
+        code = proc.wait()
+        log.close()
+        if code:
+            tail = Path(log.name).read_text()[-2000:]
+            raise SystemExit(f"error: {job[0]} arm {job[1]} seed {job[2]} failed:\n{tail}")
+        bar.update(1)
+    bar.close()
+    merged = {}
+    for n in names:
+        parts = [json.loads(part_path(work, n, a, s).read_text()) for a in arms[n] for s in seeds]
+        merged[n] = merge_runs(parts, what=n)
+        # What the ablation cost: its parts' process time, and how many shared the machine.
+        merged[n]["part_seconds_total"] = sum(p["seconds"] for p in parts)
+        merged[n]["parallel"] = args.parallel
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,8 +170,16 @@ def main(argv: list[str] | None = None) -> None:
         "--parallel",
         type=cli_type(positive_int),
         default=1,
-        help="seeds run at once, one process each (GPU)",
+        help="parts (one arm and seed each) run at once, one process each (GPU)",
     )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("outputs/ablation_parts"),
+        help="where --parallel keeps its parts (a rerun keeps those finished)",
+    )
+    p.add_argument("--arms", nargs="+", default=None, help="run only these arms")
+    p.add_argument("--part", type=Path, default=None, help=argparse.SUPPRESS)  # a child's JSON
     p.add_argument(
         "--set",
         nargs="*",
@@ -179,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     from cogvx_mini.experiments.plots import load_results, plot, plot_probes  # (reads the registry)
 
     names = ABLATIONS if "all" in args.names else tuple(args.names)
+    if (args.arms or args.part) and len(names) != 1:
+        p.error(f"--arms and --part: expected one ablation, got {', '.join(names)}")
     try:
         budget = with_overrides(BUDGETS[args.budget], args.set, "--set")
     except (TypeError, ValueError) as err:
@@ -193,12 +207,18 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if args.part is not None:  # one part of one ablation, for run_parts
+        result = run(names[0], budget, args.seeds, args.device, print, args.arms)
+        write_text_atomic(args.part, json.dumps(result, indent=1) + "\n")
+        return
+    merged = run_parts(names, args, budget) if args.parallel > 1 else {}
     for name in names:
-        if args.parallel > 1:
-            result = run_in_processes(name, args, args.seeds or budget.seeds)
+        if name in merged:
+            result = merged[name]
         else:
-            result = run(name, budget, args.seeds, args.device, log=lambda s: print(s, flush=True))
-        (args.out / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+            log = lambda s: print(s, flush=True)  # noqa: E731
+            result = run(name, budget, args.seeds, args.device, log, args.arms)
+        write_text_atomic(args.out / f"{name}.json", json.dumps(result, indent=1) + "\n")
         figure = plot(result, args.out / f"{name}.png")
         plot_probes(result, args.out / f"{name}_probes.png")
         print(
